@@ -1,0 +1,30 @@
+"""The Faust application: one per worker process, configured from Settings."""
+
+from __future__ import annotations
+
+import faust
+
+from stream.kafka_security import faust_credentials
+from stream.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.consumer_group,
+        broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),
+        store=settings.table_store,
+        datadir=str(settings.run_dir / "worker-data"),
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        # Short from a group's first run on: joins wait half the stored session timeout.
+        broker_session_timeout=10,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        web_enabled=False,
+        web_port=settings.worker_web_port,
+        web_bind=settings.metrics_host,
+        table_standby_replicas=0,
+        autodiscover=False,
+    )

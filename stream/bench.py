@@ -1,0 +1,109 @@
+"""`clickscore bench worker`: end-to-end throughput of one worker process on the local stack.
+
+It replays a synthetic backlog into fresh topics, starts a real `clickscore worker`
+process, and reads the scores topic until every user's score reflects all of their events.
+Throughput is events / (time of the last needed score - time of the first score), so the
+worker's start-up (group join, table recovery) is reported apart, not hidden in the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.progress import wait_for_scores
+from stream.settings import Settings
+from stream.stack import process
+from stream.stack.process import free_port, spawn_command
+
+
+@dataclass(frozen=True)
+class WorkerBench:
+    users: int
+    events: int
+    produce_s: float
+    startup_s: float  # worker start to first score
+    scoring_s: float  # first score to the last score needed
+    events_per_s: float
+
+
+def _bench_settings(settings: Settings) -> Settings:
+    return settings.for_run(
+        f"bench-{uuid.uuid4().hex[:8]}",
+        table_store="memory://",
+        metrics_port=free_port(),
+        worker_web_port=free_port(),
+    )
+
+
+async def bench_worker(
+    settings: Settings, users: int, days: int, seed: int, timeout_s: float
+) -> WorkerBench:
+    from stream.replay import replay
+    from trainer.synthetic import SyntheticConfig, generate
+
+    settings = _bench_settings(settings)
+    events, _ = generate(SyntheticConfig(users=users, days=days, seed=seed))
+    expected = Counter(e.user_id for e in events)
+    started = time.monotonic()
+    await replay(settings, events, rate=0, shift_to_now=True)
+    produce_s = time.monotonic() - started
+
+    worker = spawn_command(settings, "worker", name="bench-worker")
+    launched = time.monotonic()
+    try:
+        first, last = await wait_for_scores(
+            settings, expected, alive=lambda: process.is_alive(worker), timeout_s=timeout_s
+        )
+    finally:
+        process.stop(settings.run_dir, worker.name)
+    scoring_s = max(last - first, 1e-9)
+    return WorkerBench(
+        users=len(expected),
+        events=len(events),
+        produce_s=produce_s,
+        startup_s=first - launched,
+        scoring_s=scoring_s,
+        events_per_s=len(events) / scoring_s,
+    )
+
+
+def describe_machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
+    result = asyncio.run(bench_worker(settings, args.users, args.days, args.seed, args.timeout))
+    print(f"machine:      {describe_machine()}")
+    print(f"events:       {result.events} from {result.users} synthetic users")
+    print(f"produce:      {result.produce_s:.1f} s")
+    print(f"start-up:     {result.startup_s:.1f} s (worker start to first score)")
+    print(f"scoring:      {result.scoring_s:.1f} s")
+    print(f"throughput:   {result.events_per_s:,.0f} events/s end to end")
+    return 0
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = commands.add_parser("bench", help="measure the worker on the local stack")
+    targets = bench.add_subparsers(dest="target", required=True)
+    worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
+    worker.add_argument("--users", type=int, default=2000)
+    worker.add_argument("--days", type=int, default=7)
+    worker.add_argument("--seed", type=int, default=0)
+    worker.add_argument("--timeout", type=float, default=600.0)
+    worker.set_defaults(handler=_bench_command)

@@ -1,0 +1,182 @@
+"""The `clickscore` command. It builds the one Settings object and hands it down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stream.settings import Settings
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.stack import local
+
+    statuses = local.up(settings, timeout_s=args.timeout)
+    return _print_statuses(statuses)
+
+
+def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.stack import local
+
+    stopped = local.down(settings)
+    print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.stack import local
+
+    return _print_statuses(local.status(settings))
+
+
+def _print_statuses(statuses: Sequence[object]) -> int:
+    healthy = True
+    for status in statuses:
+        ok = getattr(status, "healthy", False)
+        healthy &= ok
+        print(
+            f"{'ok  ' if ok else 'DOWN'}  {getattr(status, 'name', '?'):<9} "
+            f"{getattr(status, 'detail', '')}"
+        )
+    return 0 if healthy else 1
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.db import migrate
+
+    migrate.upgrade(settings, args.revision)
+    print(f"database at {migrate.current(settings)}")
+    return 0
+
+
+def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.db import migrate
+
+    migrate.downgrade(settings, args.revision)
+    print(f"database at {migrate.current(settings)}")
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _actions(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from stream.actions import run_actions
+
+    async def serve() -> None:
+        # A signal only sets the event: the batch in hand finishes and its offsets commit.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_actions(settings, stop=stop)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(serve())
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        users=args.users,
+        days=args.days,
+        seed=args.seed,
+        keep_running=args.keep,
+        rate=args.rate,
+        report_root=args.report_dir,
+    )
+    return run_demo(settings, options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clickscore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stack = commands.add_parser("stack", help="the local broker, Triton and database")
+    stack_commands = stack.add_subparsers(dest="action", required=True)
+    up = stack_commands.add_parser("up", help="start them and wait until each is ready")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per service")
+    up.set_defaults(handler=_stack_up)
+    stack_commands.add_parser("down", help="stop what `up` started").set_defaults(
+        handler=_stack_down
+    )
+    stack_commands.add_parser("status", help="check each service").set_defaults(
+        handler=_stack_status
+    )
+
+    db = commands.add_parser("db", help="database migrations (Alembic)")
+    db_commands = db.add_subparsers(dest="action", required=True)
+    db_up = db_commands.add_parser("upgrade", help="migrate up")
+    db_up.add_argument("revision", nargs="?", default="head")
+    db_up.set_defaults(handler=_db_upgrade)
+    db_down = db_commands.add_parser("downgrade", help="migrate down")
+    db_down.add_argument("revision")
+    db_down.set_defaults(handler=_db_downgrade)
+
+    commands.add_parser("worker", help="run the scoring worker (Faust)").set_defaults(
+        handler=_worker
+    )
+    commands.add_parser(
+        "actions", help="turn churn alerts into retention actions (database, webhook)"
+    ).set_defaults(handler=_actions)
+    from stream import bench, dlq, replay
+    from trainer import cli as trainer_cli  # its handlers import torch lazily, not this
+
+    bench.add_parsers(commands)
+    dlq.add_parsers(commands)
+    replay.add_parsers(commands)
+    trainer_cli.add_parsers(commands)
+    demo = commands.add_parser("demo", help="run the main job on the local stack")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--users", type=int, default=300, help="synthetic users to replay")
+    demo.add_argument("--days", type=int, default=7, help="days of their history")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="events/s sent, so latencies are the pipeline's (0: as fast as possible)",
+    )
+    demo.add_argument(
+        "--report-dir",
+        type=Path,
+        default=Path("reports"),
+        help="where reports/demo-<time>/index.html goes",
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.load()
+    handler: Handler = args.handler
+    try:
+        return handler(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from stream.stack.process import StackError
+
+        if isinstance(exc, StackError):
+            print(f"clickscore: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

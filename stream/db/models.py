@@ -1,0 +1,90 @@
+"""The tables the worker writes. Schema changes go through Alembic revisions in migrations/."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Integer, MetaData, String, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+# Stable constraint names, so migrations can name what they drop.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UserScore(Base):
+    """The latest scores per user: one row, upserted on each scoring."""
+
+    __tablename__ = "user_scores"
+
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    churn_risk: Mapped[float] = mapped_column(Float)
+    purchase_intent: Mapped[float] = mapped_column(Float)
+    anomaly: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(64))
+    # How many events of this user the score reflects: an upsert only moves this forward,
+    # so a replayed older result never overwrites a newer one.
+    event_count: Mapped[int] = mapped_column(Integer)
+    last_event_id: Mapped[str] = mapped_column(String(256))
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Alert(Base):
+    """Churn and anomaly alerts, keyed by a deterministic alert id (insert-if-absent)."""
+
+    __tablename__ = "alerts"
+
+    alert_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(64))
+    event_ids: Mapped[list[str]] = mapped_column(JSONDocument)
+    event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    reason: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ModelVersion(Base):
+    """Every model the trainer built, with its evaluation and whether it was promoted."""
+
+    __tablename__ = "model_versions"
+
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vocab_version: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # candidate | serving | rejected | retired
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RetentionAction(Base):
+    """One retention action per churn alert (`clickscore actions`), keyed by the alert id, so a
+    replayed alert never makes a second action and a delivered one is never POSTed again."""
+
+    __tablename__ = "retention_actions"
+
+    alert_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    action: Mapped[str] = mapped_column(String(32))  # e.g. retention_offer
+    status: Mapped[str] = mapped_column(String(16))  # recorded | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

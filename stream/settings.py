@@ -1,0 +1,253 @@
+"""The one configuration object of a clickscore deployable.
+
+Built once at the entry point (``stream.cli``) and passed down. No other module reads the
+environment. Every field can be set as ``CLICKSCORE_<FIELD>`` in the environment or in a
+``.env`` file; any of them can also come from a file in the folder named by
+``CLICKSCORE_SECRETS_DIR`` (see ``Settings.load``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository root: model_repo/, migrations/ and alembic.ini sit here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CLICKSCORE_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    broker_url: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap servers, as a Faust broker URL."
+    )
+    topic_events: str = Field("clickscore.events", description="Incoming clickstream events.")
+    topic_scores: str = Field("clickscore.scores", description="Per-user scores out.")
+    topic_alerts: str = Field("clickscore.alerts", description="Churn and anomaly alerts out.")
+    topic_dead_letter: str = Field(
+        "clickscore.dead-letter", description="Rejected events, with reason and original bytes."
+    )
+    topic_partitions: int = Field(4, ge=1, description="Partitions for topics we create.")
+    consumer_group: str = Field("clickscore-worker", description="Worker consumer group id.")
+
+    # --- Triton --------------------------------------------------------------------------
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint.")
+    triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint.")
+    triton_metrics_port: int = Field(8002, description="Triton Prometheus metrics port.")
+    triton_model: str = Field("clickscore", description="Model name in the Triton repository.")
+    triton_max_concurrency: int = Field(8, ge=1, description="In-flight Triton requests.")
+    triton_timeout_s: float = Field(5.0, gt=0, description="Per-request Triton deadline.")
+
+    # --- Database ------------------------------------------------------------------------
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/clickscore",
+        description="SQLAlchemy async URL (postgresql+asyncpg or sqlite+aiosqlite).",
+    )
+
+    # --- Sequences and batching ----------------------------------------------------------
+    sequence_length: int = Field(64, ge=2, description="Events kept per user and sent to Triton.")
+    batch_size: int = Field(256, ge=1, description="Most users scored in one window.")
+    flush_delay_ms: int = Field(20, ge=1, description="Longest wait before a window is scored.")
+
+    # --- Alert thresholds ----------------------------------------------------------------
+    churn_alert_threshold: float = Field(0.8, ge=0, le=1, description="Churn risk that alerts.")
+    churn_rearm_threshold: float = Field(
+        0.6, ge=0, le=1, description="Churn risk a user must fall below before alerting again."
+    )
+    churn_cooldown_s: int = Field(86_400, ge=0, description="Least time between churn alerts.")
+    # The trainer calibrates the anomaly score so that only the top 0.1 % of normal traffic
+    # reaches 0.95 (trainer/model.py ALERT_TAIL): a score of 0.95 means "more surprising than
+    # 999 in 1000 normal states", not "than 95 in 100", which would alert on 5 % of users.
+    anomaly_alert_threshold: float = Field(
+        0.95, ge=0, le=1, description="Anomaly score that alerts (top 0.1 % of normal traffic)."
+    )
+    anomaly_cooldown_s: int = Field(3_600, ge=0, description="Least time between anomaly alerts.")
+    burst_events_per_s: float = Field(
+        20.0, gt=0, description="Sustained events/s from one user that counts as a bot burst."
+    )
+
+    # --- Worker ---------------------------------------------------------------------------
+    window_max_events: int = Field(
+        2048, ge=1, description="Most events read into one scoring window."
+    )
+    table_store: str = Field(
+        "rocksdb://",
+        description="Faust table store: rocksdb:// (persistent, production) or memory://.",
+    )
+    producer_max_batch_size: int = Field(
+        16_384,
+        ge=1,
+        description="Kafka producer batch bytes (1 makes tansu restore tables exactly).",
+    )
+    stream_buffer_maxsize: int = Field(
+        4096, ge=1, description="Events buffered per partition before consumption pauses."
+    )
+    worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
+    metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
+    log_level: str = Field("INFO", description="Log level of the worker and services.")
+
+    # --- Event validation ---------------------------------------------------------------
+    max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")
+    max_event_age_s: int = Field(
+        30 * 86_400, ge=1, description="Oldest accepted event timestamp, before now."
+    )
+    max_event_future_s: int = Field(
+        300, ge=0, description="Furthest accepted event timestamp, after now."
+    )
+
+    # --- Local stack (development, tests, demo) ------------------------------------------
+    run_dir: Path = Field(
+        PROJECT_ROOT / ".clickscore", description="Where `clickscore stack` keeps pids and logs."
+    )
+    model_repo: Path = Field(
+        PROJECT_ROOT / "model_repo", description="Triton model repository served locally."
+    )
+
+    # --- Retries and retention actions (`clickscore actions`) ----------------------------
+    retry_max_backoff_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait between retries of a failed broker, Triton or database call.",
+    )
+    actions_group: str = Field(
+        "clickscore-actions", description="Consumer group of the retention-actions service."
+    )
+    webhook_url: str | None = Field(
+        None, description="Where retention actions are POSTed; None records them only."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Deadline of one webhook POST.")
+    webhook_max_attempts: int = Field(
+        5, ge=1, description="POSTs per action before it is marked failed."
+    )
+
+    # --- Model training and promotion (`clickscore train`, `clickscore model`) -------------
+    churn_horizon_s: int = Field(
+        3 * 86_400,
+        ge=1,
+        description="Churn label: the user's last event is within this long after a cut-off "
+        "(and at least as long a silence follows; see trainer/data.py).",
+    )
+    # Two days, not one: buyers build up over days (repeat views, carts) before they buy, and
+    # a one-day horizon labelled most of that build-up as "no purchase".
+    purchase_horizon_s: int = Field(
+        2 * 86_400,
+        ge=1,
+        description="Purchase label: a purchase within this long after a cut-off.",
+    )
+    promotion_metric: str = Field(
+        "mean_roc_auc",
+        description="Held-out metric the promotion gate compares (higher is better).",
+    )
+    promotion_margin: float = Field(
+        0.005, ge=0, description="How far below the serving model a candidate may score."
+    )
+    model_store: Path = Field(
+        PROJECT_ROOT / ".clickscore" / "models",
+        description="Candidates and rolled-back versions, outside the served repository.",
+    )
+    train_history_events: int = Field(
+        500_000, ge=1, description="Most recent events `clickscore train` reads from a source."
+    )
+
+    # --- Security: Kafka authentication and TLS, pseudonymised outputs ---------------------
+    # Secrets are SecretStr: repr, str and logs show "**********"; only the client that
+    # needs one calls get_secret_value(). Set them in the environment or a secrets file.
+    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How Kafka clients connect: TLS (SSL) and/or SASL."
+    )
+    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    broker_sasl_username: str | None = Field(None, description="SASL user name.")
+    broker_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    broker_ssl_cafile: Path | None = Field(
+        None, description="CA bundle that signs the brokers' certificates; None: system CAs."
+    )
+    broker_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    broker_ssl_keyfile: Path | None = Field(None, description="Client certificate's key.")
+    pseudonymise_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key for user ids in outgoing scores and alerts; None: raw ids.",
+    )
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> Settings:
+        if self.churn_rearm_threshold >= self.churn_alert_threshold:
+            raise ValueError("churn_rearm_threshold must be below churn_alert_threshold")
+        if self.broker_security_protocol.startswith("SASL") and not (
+            self.broker_sasl_username and self.broker_sasl_password
+        ):
+            raise ValueError(
+                "broker_security_protocol SASL_* needs broker_sasl_username and "
+                "broker_sasl_password"
+            )
+        if self.pseudonymise_key is not None and not self.pseudonymise_key.get_secret_value():
+            raise ValueError("pseudonymise_key is empty: unset it, or give a real key")
+        return self
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The entry points' settings: the environment, `.env`, and secret files.
+
+        Where CLICKSCORE_SECRETS_DIR names a folder, a file in it named like a variable
+        (`CLICKSCORE_BROKER_SASL_PASSWORD`, as Docker and Kubernetes mount secrets) sets that
+        field; the environment wins over a file.
+        """
+        secrets_dir = os.environ.get("CLICKSCORE_SECRETS_DIR")
+        if secrets_dir and not Path(secrets_dir).is_dir():
+            raise ValueError(f"CLICKSCORE_SECRETS_DIR={secrets_dir} is not a folder")
+        return cls(_secrets_dir=secrets_dir or None)  # type: ignore[call-arg]
+
+    @property
+    def broker_servers(self) -> str:
+        """Bootstrap servers in aiokafka's `host:port[,host:port]` form."""
+        return ",".join(urlsplit(part).netloc or part for part in self.broker_url.split(";"))
+
+    def for_run(self, run: str, **changes: object) -> Settings:
+        """A copy whose topics and consumer groups are this run's own (demo, bench)."""
+        return self.model_copy(
+            update={
+                "topic_events": f"{run}.events",
+                "topic_scores": f"{run}.scores",
+                "topic_alerts": f"{run}.alerts",
+                "topic_dead_letter": f"{run}.dead-letter",
+                "consumer_group": run,
+                "actions_group": f"{run}-actions",
+                **changes,
+            }
+        )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as CLICKSCORE_* variables, to configure a child process."""
+        return {
+            # str() of a SecretStr is its mask: a child process needs the value itself.
+            f"CLICKSCORE_{name.upper()}": (
+                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            )
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+    @property
+    def flush_delay_s(self) -> float:
+        return self.flush_delay_ms / 1000.0
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """Split `host:port`, `scheme://host:port` or `scheme://user@host:port/db`."""
+    netloc = urlsplit(address if "//" in address else f"//{address}").netloc
+    host_part = netloc.rsplit("@", 1)[-1]
+    host, _, port = host_part.rpartition(":")
+    return host.strip("[]"), int(port)

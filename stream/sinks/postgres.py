@@ -1,0 +1,196 @@
+"""The database sink: latest score per user and alerts, written idempotently in one transaction.
+
+Replays are safe by construction: a score only moves a user's row forward (by event_count) and
+an alert is inserted only if its deterministic id is absent. The same code runs on PostgreSQL
+(asyncpg) and SQLite (aiosqlite), through each dialect's own INSERT ... ON CONFLICT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Insert, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from stream.alerts import Alert
+from stream.db.models import Alert as AlertRow
+from stream.db.models import UserScore
+from stream.retry import retry_forever
+from stream.scores import Score
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# SQLSTATEs worth waiting out: 08 connection exception; 57P admin/crash shutdown or "cannot
+# connect now" (a restart); 53300 too many connections; 40 serialization failure or deadlock,
+# where the whole transaction is meant to be run again. Anything else (constraint, syntax,
+# missing table) would fail again the same way.
+_RETRIABLE_SQLSTATES = ("08", "57P", "53300", "40")
+# SQLite reports a missing table as OperationalError too; only a busy or locked file passes.
+_RETRIABLE_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+SCORE_TABLE: Table = UserScore.__table__  # type: ignore[assignment]
+ALERT_TABLE: Table = AlertRow.__table__  # type: ignore[assignment]
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    # pre_ping replaces pooled connections a restarted server has dropped; hide_parameters
+    # keeps row values out of error messages, which are logged.
+    return create_async_engine(settings.database_url, pool_pre_ping=True, hide_parameters=True)
+
+
+def insert_for(engine: AsyncEngine) -> Callable[[Table], Any]:
+    """The dialect's own `insert`, the one that has on_conflict_do_nothing/do_update."""
+    name = engine.dialect.name
+    if name == "postgresql":
+        return postgresql.insert
+    if name == "sqlite":
+        return sqlite.insert
+    raise ValueError(f"Unsupported database dialect {name!r}: use postgresql or sqlite")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    for _ in range(4):  # the error, SQLAlchemy's .orig, the driver's own cause
+        if seen is None:
+            return None
+        code = getattr(seen, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def is_retriable_db_error(exc: BaseException) -> bool:
+    """True for a database that is down, restarting or unreachable; False for a bad query."""
+    if isinstance(exc, OSError | TimeoutError):  # ConnectionError is an OSError
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
+        if sqlite_error is not None:
+            return str(sqlite_error).startswith(_RETRIABLE_SQLITE_ERRORS)
+        if isinstance(exc, OperationalError | InterfaceError):
+            return True
+    code = _sqlstate(exc)
+    if code is not None:
+        return code.startswith(_RETRIABLE_SQLSTATES)
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return False
+    # Raised by asyncpg itself while connecting, before SQLAlchemy wraps anything.
+    return isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
+    """One row per user, the one with the most events: Postgres refuses an ON CONFLICT DO
+    UPDATE that touches the same row twice in one statement."""
+    latest: dict[str, Score] = {}
+    for score in scores:
+        kept = latest.get(score.user_id)
+        if kept is None or score.event_count >= kept.event_count:
+            latest[score.user_id] = score
+    return [
+        {
+            "user_id": s.user_id,
+            "churn_risk": s.churn_risk,
+            "purchase_intent": s.purchase_intent,
+            "anomaly": s.anomaly,
+            "model_version": s.model_version,
+            "event_count": s.event_count,
+            "last_event_id": s.last_event_id,
+            "last_event_at": _at(s.last_event_ts_ms),
+            "scored_at": _at(s.scored_at_ms),
+        }
+        for s in latest.values()
+    ]
+
+
+def alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
+    unique: dict[str, Alert] = {}
+    for alert in alerts:
+        unique.setdefault(alert.alert_id, alert)
+    return [
+        {
+            "alert_id": a.alert_id,
+            "user_id": a.user_id,
+            "kind": a.kind,
+            "score": a.score,
+            "threshold": a.threshold,
+            "model_version": a.model_version,
+            "event_ids": list(a.event_ids),
+            "event_at": _at(a.event_ts_ms),
+            "reason": a.reason,
+        }
+        for a in unique.values()
+    ]
+
+
+class ResultStore:
+    """Writes scores and alerts to the database; retries while the database is unreachable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engine: AsyncEngine | None = None
+        self._upsert_scores: Insert | None = None
+        self._insert_alerts: Insert | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("ResultStore.start() was not awaited")
+        return self._engine
+
+    async def start(self) -> None:
+        # Connects lazily: a database that is down at start is retried on the first write.
+        self._engine = create_engine(self._settings)
+        insert = insert_for(self._engine)
+        upsert = insert(SCORE_TABLE)
+        self._upsert_scores = upsert.on_conflict_do_update(
+            index_elements=[SCORE_TABLE.c.user_id],
+            set_={c.name: upsert.excluded[c.name] for c in SCORE_TABLE.c if not c.primary_key},
+            where=upsert.excluded.event_count >= SCORE_TABLE.c.event_count,
+        )
+        self._insert_alerts = insert(ALERT_TABLE).on_conflict_do_nothing(
+            index_elements=[ALERT_TABLE.c.alert_id]
+        )
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        """Upsert `scores` and insert `alerts` in one transaction, each as one executemany."""
+        scores_in, alerts_in = score_rows(scores), alert_rows(alerts)
+        if not scores_in and not alerts_in:
+            return
+        await retry_forever(
+            lambda: self._write_once(scores_in, alerts_in),
+            is_retriable=is_retriable_db_error,
+            what=f"database write of {len(scores_in)} scores and {len(alerts_in)} alerts",
+            target="database write",
+            max_backoff_s=self._settings.retry_max_backoff_s,
+            log=log,
+        )
+
+    async def _write_once(
+        self, scores: Sequence[Mapping[str, Any]], alerts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        assert self._upsert_scores is not None and self._insert_alerts is not None
+        async with self.engine.begin() as conn:
+            if scores:
+                await conn.execute(self._upsert_scores, scores)
+            if alerts:
+                await conn.execute(self._insert_alerts, alerts)

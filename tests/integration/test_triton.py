@@ -1,0 +1,69 @@
+"""tritonserver from the nvidia-pytriton wheel, serving model_repo/ through the python backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from stream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+FIELDS = 6
+
+
+def _tokens(batch: int, length: int) -> np.ndarray:
+    tokens = np.zeros((batch, length, FIELDS), dtype=np.int64)
+    tokens[:, -10:, 0] = 3  # ten views at the end of each sequence
+    tokens[:, -10:, 4] = 6  # a few seconds apart
+    return tokens
+
+
+async def _infer(settings: Settings, tokens: np.ndarray) -> grpcclient.InferResult:
+    client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
+    try:
+        tensor = grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64")
+        tensor.set_data_from_numpy(tokens)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("CHURN", "PURCHASE", "ANOMALY")]
+        return await client.infer(settings.triton_model, [tensor], outputs=outputs)
+    finally:
+        await client.close()
+
+
+async def test_model_is_ready_with_the_declared_interface(stack_settings: Settings) -> None:
+    client = grpcclient.InferenceServerClient(stack_settings.triton_grpc_url)
+    try:
+        assert await client.is_server_ready()
+        assert await client.is_model_ready(stack_settings.triton_model)
+        config = (await client.get_model_config(stack_settings.triton_model)).config
+    finally:
+        await client.close()
+    assert config.max_batch_size >= stack_settings.batch_size
+    assert [i.name for i in config.input] == ["TOKENS"]
+    assert list(config.input[0].dims) == [stack_settings.sequence_length, FIELDS]
+    assert config.HasField("dynamic_batching")
+
+
+async def test_batch_inference_returns_one_score_per_sequence(stack_settings: Settings) -> None:
+    tokens = _tokens(batch=5, length=stack_settings.sequence_length)
+    tokens[1, -3:, 0] = 6  # the second user put three items in the cart
+    result = await _infer(stack_settings, tokens)
+    churn, purchase, anomaly = (result.as_numpy(n) for n in ("CHURN", "PURCHASE", "ANOMALY"))
+    for scores in (churn, purchase, anomaly):
+        assert scores.shape == (5, 1)
+        assert np.all((scores >= 0) & (scores <= 1))
+    assert purchase[1, 0] > purchase[0, 0]
+    # The served version is the latest numbered folder (`clickscore train` writes them).
+    served = max(
+        int(p.name)
+        for p in (stack_settings.model_repo / "clickscore").iterdir()
+        if p.name.isdigit()
+    )
+    assert result.get_response().model_version == str(served)
+
+
+async def test_a_wrong_shape_is_refused_with_a_clear_error(stack_settings: Settings) -> None:
+    with pytest.raises(InferenceServerException, match=r"TOKENS|shape|dims"):
+        await _infer(stack_settings, _tokens(batch=2, length=stack_settings.sequence_length + 1))

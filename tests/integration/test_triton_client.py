@@ -1,0 +1,62 @@
+"""The worker's Triton client against a tritonserver that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.settings import Settings
+from stream.stack import local, process, triton
+from stream.tokenizer import NUM_FIELDS
+from stream.triton_client import TritonScorer
+from tests.conftest import free_port, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+def own_triton(stack_settings: Settings, run_dir: Path) -> Settings:
+    """A second tritonserver of this test's own, on free ports, so it can be stopped."""
+    return make_settings(
+        **{
+            **stack_settings.model_dump(),
+            "triton_http_url": f"127.0.0.1:{free_port()}",
+            "triton_grpc_url": f"127.0.0.1:{free_port()}",
+            "triton_metrics_port": free_port(),
+            "run_dir": run_dir,
+            "retry_max_backoff_s": 0.5,
+        }
+    )
+
+
+async def test_scoring_waits_for_triton_and_resumes(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = own_triton(stack_settings, tmp_path)
+    tokens = np.zeros((300, settings.sequence_length, NUM_FIELDS), dtype=np.int32)
+    tokens[:, -5:, 0] = 3  # five views each
+    scorer = TritonScorer(settings)
+    try:
+        # Nothing listens yet: start() keeps retrying instead of failing.
+        starting = asyncio.ensure_future(scorer.start())
+        await asyncio.sleep(1.5)
+        assert not starting.done()
+        await asyncio.to_thread(local.start_triton, settings, 60.0)
+        await asyncio.wait_for(starting, 30)
+
+        scores = await scorer.score(tokens)
+        assert scores.churn.shape == (300,) and len(scores.model_versions) == 300
+
+        # Triton goes down mid-stream: the call waits, then completes once it is back.
+        await asyncio.to_thread(process.stop, settings.run_dir, triton.NAME)
+        pending = asyncio.ensure_future(scorer.score(tokens))
+        await asyncio.sleep(2.0)
+        assert not pending.done()
+        await asyncio.to_thread(local.start_triton, settings, 60.0)
+        again = await asyncio.wait_for(pending, 60)
+        np.testing.assert_allclose(again.churn, scores.churn, rtol=0, atol=1e-6)
+    finally:
+        await scorer.close()
+        process.stop(settings.run_dir, triton.NAME)

@@ -1,0 +1,161 @@
+"""Pseudonymised outputs, Kafka security options, and secrets that never print."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from pydantic import ValidationError
+
+from stream.alerts import Alert
+from stream.kafka_security import aiokafka_options, faust_credentials
+from stream.pipeline import ScoringPipeline
+from stream.pseudonym import Pseudonymiser
+from stream.scores import Score
+from stream.settings import Settings
+from stream.triton_client import ModelScores
+from stream.window import Message
+from tests.conftest import make_settings
+
+NOW_MS = 1_800_000_000_000
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+
+    def load(self, key: bytes, partition: int) -> bytes | None:
+        return self.rows.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.rows[key] = value
+
+
+class Scorer:
+    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+        n = tokens.shape[0]
+        ones = np.ones(n, dtype=np.float32)
+        return ModelScores(ones * 0.1, ones * 0.2, ones, ["1"] * n)  # anomaly 1.0: alerts
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.scores: list[Score] = []
+        self.alerts: list[Alert] = []
+
+    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        self.scores += scores
+        self.alerts += alerts
+
+    async def results(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        await self.write(scores, alerts)
+
+    async def dead_letters(self, rejected: object) -> None:
+        pass
+
+
+def message(user: str, n: int) -> Message:
+    value = b'{"event_id":"%s-%d","user_id":"%s","ts":%d,"event_type":"view"}' % (
+        user.encode(),
+        n,
+        user.encode(),
+        NOW_MS - 1000 + n,
+    )
+    return Message(user.encode(), value, "events", 0, n)
+
+
+async def run_pipeline(**settings: object) -> tuple[Table, Sink, Sink]:
+    table, store, kafka = Table(), Sink(), Sink()
+    pipeline = ScoringPipeline(
+        make_settings(**settings),
+        table,
+        Scorer(),
+        store,
+        kafka,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+    )
+    await pipeline.process([message("alice", n) for n in range(3)])
+    return table, store, kafka
+
+
+async def test_pseudonymised_outputs_keep_raw_ids_in_the_table() -> None:
+    table, store, kafka = await run_pipeline(pseudonymise_key="s3cret")
+    expected = Pseudonymiser(b"s3cret").user("alice")
+    for sink in (store, kafka):
+        assert [s.user_id for s in sink.scores] == [expected]
+        assert sink.alerts and {a.user_id for a in sink.alerts} == {expected}
+        assert "alice" not in repr(sink.scores) + repr(sink.alerts)
+    assert list(table.rows) == [b"alice"]  # the state table is keyed by the raw id
+
+    _, raw_store, _ = await run_pipeline()
+    assert [s.user_id for s in raw_store.scores] == ["alice"]
+    # Alert ids stay deterministic (deduplication works) but differ from the raw ones.
+    _, again, _ = await run_pipeline(pseudonymise_key="s3cret")
+    assert [a.alert_id for a in again.alerts] == [a.alert_id for a in store.alerts]
+    assert {a.alert_id for a in store.alerts}.isdisjoint(a.alert_id for a in raw_store.alerts)
+    assert all(len(a.alert_id) == 32 for a in store.alerts)
+
+
+def test_pseudonyms_depend_on_the_key() -> None:
+    a, b = Pseudonymiser(b"k1"), Pseudonymiser(b"k2")
+    assert a.user("u") == a.user("u") != b.user("u")
+    assert len(a.user("\ud800")) == 64  # lone surrogates do not raise
+    with pytest.raises(ValueError):
+        Pseudonymiser(b"")
+
+
+def test_secrets_never_print_but_reach_child_processes() -> None:
+    settings = make_settings(
+        broker_security_protocol="SASL_PLAINTEXT",
+        broker_sasl_username="worker",
+        broker_sasl_password="hunter2",
+        pseudonymise_key="k",
+    )
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    env = settings.as_environment()
+    assert env["CLICKSCORE_BROKER_SASL_PASSWORD"] == "hunter2"
+    assert env["CLICKSCORE_PSEUDONYMISE_KEY"] == "k"
+    options = aiokafka_options(settings)
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_password"] == "hunter2"
+    credentials = faust_credentials(settings)
+    assert "hunter2" not in repr(credentials)
+
+
+def test_sasl_needs_credentials_and_tls_makes_a_verifying_context() -> None:
+    with pytest.raises(ValidationError):
+        make_settings(broker_security_protocol="SASL_SSL")
+    with pytest.raises(ValidationError):
+        make_settings(pseudonymise_key="")
+    options = aiokafka_options(make_settings(broker_security_protocol="SSL"))
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert aiokafka_options(make_settings()) == {"security_protocol": "PLAINTEXT"}
+    assert faust_credentials(make_settings()) is None
+
+
+def test_secrets_come_from_files_in_the_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "CLICKSCORE_BROKER_SASL_PASSWORD").write_text("from-a-file\n")
+    (tmp_path / "CLICKSCORE_DATABASE_URL").write_text("postgresql+asyncpg://u:p@db:5432/c")
+    for name in list(os.environ):
+        if name.startswith("CLICKSCORE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("CLICKSCORE_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("CLICKSCORE_DATABASE_URL", "postgresql+asyncpg://env@db:5432/c")
+    settings = Settings.load()
+    assert settings.broker_sasl_password is not None
+    assert settings.broker_sasl_password.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in repr(settings)
+    assert settings.database_url == "postgresql+asyncpg://env@db:5432/c"  # environment wins
+    monkeypatch.setenv("CLICKSCORE_SECRETS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="is not a folder"):
+        Settings.load()

@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream import tokenizer as tk
+from stream.events import Event
+from stream.state import (
+    DEFAULT_MAX_IDS,
+    UserState,
+    apply_event,
+    event_id_hash,
+    stack_padded,
+)
+from stream.tokenizer import NUM_FIELDS, Vocabulary, tokenize
+
+VOCAB = Vocabulary()
+T0 = 1_700_000_000_000
+GAP = tk.FIELDS.index("gap_bucket")
+
+
+def ev(i: int, ts_ms: int, event_type: str = "view", event_id: str | None = None) -> Event:
+    return Event(
+        event_id=event_id if event_id is not None else f"e-{i}",
+        user_id="u",
+        ts_ms=ts_ms,
+        event_type=event_type,
+        item_id=f"sku-{i % 7}",
+        price=float(i),
+        platform="web",
+    )
+
+
+def feed(events: list[Event], max_len: int = 64) -> UserState:
+    state: UserState | None = None
+    for event in events:
+        state, _ = apply_event(state, event, VOCAB, max_len)
+    assert state is not None
+    return state
+
+
+def test_first_event() -> None:
+    state, applied = apply_event(None, ev(0, T0), VOCAB, 64)
+    assert applied
+    assert state.tokens.dtype == np.uint16 and state.tokens.shape == (1, NUM_FIELDS)
+    assert tuple(state.tokens[0]) == tokenize(ev(0, T0), None, VOCAB)
+    assert state.tokens[0, GAP] == tk.FIRST
+    assert (state.first_ts_ms, state.last_ts_ms, state.event_count) == (T0, T0, 1)
+    assert state.rate_per_s == 0.0
+    assert state.last_event_ids == ["e-0"]
+    assert state.recent_event_ids == [event_id_hash("e-0")]
+    assert math.isnan(state.churn) and state.churn_armed
+
+
+def test_tokens_oldest_to_newest_with_gaps() -> None:
+    state = feed([ev(0, T0), ev(1, T0 + 3_000), ev(2, T0 + 3_500)])
+    assert state.tokens.shape == (3, NUM_FIELDS)
+    assert tuple(state.tokens[1]) == tokenize(ev(1, T0 + 3_000), T0, VOCAB)
+    assert tuple(state.tokens[2]) == tokenize(ev(2, T0 + 3_500), T0 + 3_000, VOCAB)
+    assert state.last_event_ids == ["e-0", "e-1", "e-2"]
+
+
+def test_duplicate_event_id_leaves_state_unchanged() -> None:
+    state = feed([ev(0, T0), ev(1, T0 + 1_000)])
+    before = state.to_bytes()
+    again, applied = apply_event(state, ev(0, T0 + 5_000), VOCAB, 64)
+    assert not applied and again is state
+    assert state.to_bytes() == before
+
+
+def test_dedupe_window_is_bounded() -> None:
+    state = feed([ev(i, T0 + i * 1_000) for i in range(DEFAULT_MAX_IDS + 5)])
+    assert len(state.recent_event_ids) == DEFAULT_MAX_IDS
+    # The oldest ids have left the window, so they are accepted again.
+    _, applied_old = apply_event(state, ev(0, T0 + 10**6), VOCAB, 64)
+    assert applied_old
+    _, applied_recent = apply_event(state, ev(DEFAULT_MAX_IDS + 4, T0 + 10**6), VOCAB, 64)
+    assert not applied_recent
+
+
+def test_trims_to_max_len_keeping_newest() -> None:
+    events = [ev(i, T0 + i * 1_000, event_type=tk.EVENT_TYPES[i % 9]) for i in range(20)]
+    state = feed(events, max_len=8)
+    assert state.tokens.shape == (8, NUM_FIELDS)
+    expected = [tokenize(events[i], events[i - 1].ts_ms, VOCAB) for i in range(12, 20)]
+    assert [tuple(row) for row in state.tokens] == expected
+    assert state.event_count == 20
+    assert state.last_event_ids == ["e-17", "e-18", "e-19"]
+
+
+def test_out_of_order_event_does_not_move_time_back() -> None:
+    state = feed([ev(0, T0), ev(1, T0 + 60_000)])
+    rate = state.rate_per_s
+    state, applied = apply_event(state, ev(2, T0 - 5_000), VOCAB, 64)
+    assert applied
+    assert state.last_ts_ms == T0 + 60_000
+    assert state.first_ts_ms == T0 - 5_000
+    assert state.tokens[-1, GAP] == tk.OUT_OF_ORDER
+    assert state.rate_per_s == rate
+    assert state.event_count == 3
+    # The next in-order event measures its gap from the newest time, not the late one.
+    state, _ = apply_event(state, ev(3, T0 + 61_000), VOCAB, 64)
+    assert state.tokens[-1, GAP] == tk.OUT_OF_ORDER + 1 + 1  # 1-2 s
+
+
+def test_rate_bot_burst_is_far_above_20_per_s() -> None:
+    # A human history first, then 50 events in one second.
+    human = [ev(i, T0 + i * 10_000) for i in range(20)]
+    start = human[-1].ts_ms + 10_000
+    burst = [ev(100 + i, start + i * 20) for i in range(50)]
+    state = feed(human + burst)
+    assert state.rate_per_s > 40
+
+
+def test_rate_fresh_bot_burst() -> None:
+    state = feed([ev(i, T0 + i * 20) for i in range(50)])
+    assert state.rate_per_s > 40
+
+
+def test_rate_human_is_about_a_tenth() -> None:
+    state = feed([ev(i, T0 + i * 10_000) for i in range(40)])
+    assert 0.08 < state.rate_per_s < 0.12
+
+
+def test_rate_tolerates_a_few_simultaneous_events() -> None:
+    events = [ev(i, T0 + i * 10_000) for i in range(20)]
+    t = events[-1].ts_ms
+    events += [ev(100 + i, t) for i in range(3)]  # e.g. view + click + add_to_cart in one ms
+    assert feed(events).rate_per_s < 1
+    # Two events of a brand-new user sent together are not a bot either.
+    assert feed([ev(0, T0), ev(1, T0)]).rate_per_s < 1
+
+
+def test_rate_is_capped() -> None:
+    state = feed([ev(i, T0) for i in range(3_000)])
+    assert math.isfinite(state.rate_per_s) and state.rate_per_s <= 1_000
+
+
+def test_round_trip_exact() -> None:
+    state = feed([ev(i, T0 + i * 777) for i in range(70)])
+    state.churn, state.purchase, state.anomaly = 0.25, 0.5, math.nan
+    state.churn_armed = False
+    state.last_churn_alert_ms, state.last_anomaly_alert_ms, state.last_burst_alert_ms = 1, 2, 3
+    state.last_event_ids = ["ü😀", "x" * 64, ""]
+    data = state.to_bytes()
+    again = UserState.from_bytes(data)
+    assert again == state and again.to_bytes() == data
+    assert np.array_equal(again.tokens, state.tokens) and again.tokens.dtype == np.uint16
+    assert again.tokens.flags.writeable
+    assert again.recent_event_ids == state.recent_event_ids
+    assert (again.churn, again.purchase) == (0.25, 0.5) and math.isnan(again.anomaly)
+    assert not again.churn_armed
+    assert again.last_event_ids == state.last_event_ids
+    assert (again.event_count, again.rate_per_s) == (state.event_count, state.rate_per_s)
+
+
+def test_empty_round_trip() -> None:
+    assert UserState.from_bytes(UserState().to_bytes()) == UserState()
+
+
+def test_bytes_per_user_for_a_full_sequence() -> None:
+    events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
+    state = feed(events)
+    assert len(state.last_event_ids[0]) == 36
+    assert len(state.to_bytes()) == 87 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) == 1225
+
+
+def test_long_event_ids_truncated() -> None:
+    state = feed([ev(0, T0, event_id="x" * 500)])
+    assert state.last_event_ids == ["x" * 64]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x02" + b"\x00" * 200, UserState().to_bytes()[:-1], UserState().to_bytes() + b"\x00"],
+)
+def test_from_bytes_rejects_damage(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        UserState.from_bytes(data)
+
+
+def test_from_bytes_rejects_truncated_tokens() -> None:
+    data = feed([ev(0, T0), ev(1, T0 + 1)]).to_bytes()
+    for cut in (100, len(data) - 3):
+        with pytest.raises(ValueError):
+            UserState.from_bytes(data[:cut])
+
+
+def test_padded_left_pads_newest_last() -> None:
+    state = feed([ev(i, T0 + i * 1_000) for i in range(3)])
+    out = state.padded(5)
+    assert out.shape == (5, NUM_FIELDS) and out.dtype == np.int32
+    assert not out[:2].any()
+    assert np.array_equal(out[2:], state.tokens)
+    trimmed = state.padded(2)
+    assert np.array_equal(trimmed, state.tokens[1:])
+
+
+def test_stack_padded() -> None:
+    a = feed([ev(i, T0 + i * 1_000) for i in range(3)])
+    b = feed([ev(i, T0 + i * 1_000) for i in range(10)])
+    batch = stack_padded([a, b, UserState()], 4)
+    assert batch.shape == (3, 4, NUM_FIELDS) and batch.dtype == np.int32
+    assert np.array_equal(batch[0], a.padded(4))
+    assert np.array_equal(batch[1], b.padded(4))
+    assert not batch[2].any()
+    assert stack_padded([], 4).shape == (0, 4, NUM_FIELDS)
+
+
+def test_event_id_hash_is_stable_64_bit() -> None:
+    assert event_id_hash("e-1") == event_id_hash("e-1") != event_id_hash("e-2")
+    assert 0 <= event_id_hash("e-1") < 2**64
+    assert event_id_hash("") != event_id_hash(" ")
+
+
+def test_invalid_limits() -> None:
+    for max_len, max_ids in ((0, 32), (70_000, 32), (64, 0), (64, 256)):
+        with pytest.raises(ValueError):
+            apply_event(None, ev(0, T0), VOCAB, max_len, max_ids=max_ids)
+
+
+_FULL = feed([ev(i, T0 + i * 1_000) for i in range(10)]).to_bytes()
+
+
+@settings(max_examples=300)
+@given(st.integers(0, len(_FULL) - 1), st.integers(0, 255), st.integers(0, len(_FULL)))
+def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) -> None:
+    data = bytearray(_FULL)
+    data[pos] = byte
+    try:
+        state = UserState.from_bytes(bytes(data[:cut]))
+    except ValueError:
+        return
+    assert state.tokens.shape[1] == NUM_FIELDS

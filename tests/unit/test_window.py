@@ -1,0 +1,86 @@
+"""Folding a window of raw messages into per-user state (pure, no services)."""
+
+from __future__ import annotations
+
+import orjson
+
+from stream.events import Event, ValidationLimits, event_to_json
+from stream.state import UserState, apply_event
+from stream.tokenizer import Vocabulary
+from stream.window import KEY_MISMATCH, Message, fold
+
+VOCAB = Vocabulary()
+NOW = 1_700_000_000_000
+
+
+def message(event: Event | bytes, key: bytes | None = None, offset: int = 0) -> Message:
+    value = event if isinstance(event, bytes) else event_to_json(event)
+    if key is None and isinstance(event, Event):
+        key = event.user_id.encode()
+    return Message(key=key, value=value, topic="events", partition=offset % 3, offset=offset)
+
+
+def run(messages: list[Message], table: dict[str, UserState] | None = None):  # type: ignore[no-untyped-def]
+    table = table or {}
+    return fold(
+        messages,
+        lambda user, _partition: table.get(user),
+        vocab=VOCAB,
+        max_len=8,
+        limits=ValidationLimits(),
+        now_ms=NOW,
+    )
+
+
+def ev(user: str, n: int, ts: int = NOW - 60_000) -> Event:
+    return Event(f"{user}-{n}", user, ts + n * 1000, "view")
+
+
+def test_each_user_is_folded_once_per_window_with_all_their_events() -> None:
+    window = run(
+        [
+            message(ev("a", 0), offset=0),
+            message(ev("b", 0), offset=1),
+            message(ev("a", 1), offset=3),
+        ]
+    )
+    assert set(window.states) == {"a", "b"}
+    assert window.states["a"].event_count == 2
+    assert window.partitions == {"a": 0, "b": 1}
+    assert window.newest_event["a"].event_id == "a-1"
+    assert window.events == 3 and window.duplicates == 0
+
+
+def test_state_continues_from_the_table() -> None:
+    stored, _ = apply_event(None, ev("a", 0), VOCAB, 8)
+    window = run([message(ev("a", 1))], {"a": stored})
+    assert window.states["a"].event_count == 2
+
+
+def test_redelivered_events_touch_the_user_without_changing_the_state() -> None:
+    stored, _ = apply_event(None, ev("a", 0), VOCAB, 8)
+    before = stored.to_bytes()
+    window = run([message(ev("a", 0))], {"a": UserState.from_bytes(before)})
+    assert window.duplicates == 1
+    assert window.states["a"].to_bytes() == before  # still scored, nothing applied twice
+    assert "a" not in window.newest_event
+
+
+def test_bad_messages_are_rejected_with_their_origin_and_the_rest_kept() -> None:
+    bad = message(b"{nope", key=b"a", offset=7)
+    wrong_key = message(ev("a", 2), key=b"b", offset=8)
+    no_key = Message(
+        key=None, value=event_to_json(ev("a", 3)), topic="events", partition=0, offset=9
+    )
+    window = run([bad, message(ev("a", 1), offset=1), wrong_key, no_key])
+    reasons = [(m.offset, r.reason) for m, r in window.rejected]
+    assert reasons == [(7, "bad_json"), (8, KEY_MISMATCH), (9, KEY_MISMATCH)]
+    assert window.states["a"].event_count == 1
+
+
+def test_a_rejection_never_carries_the_payload() -> None:
+    secret = "4111-1111-1111-1111" * 10
+    raw = orjson.dumps({"event_id": "x", "user_id": "a", "ts": "soon", "event_type": secret})
+    window = run([message(raw, key=b"a")])
+    [(_, rejection)] = window.rejected
+    assert secret not in rejection.detail

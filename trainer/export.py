@@ -1,0 +1,101 @@
+"""Write a trained model as a self-contained Triton version folder, and read one back.
+
+<model_dir>/<version>/model.py           trainer/triton_model.py (the thin Triton entry)
+                      network.py         trainer/model.py (the network's code)
+                      weights.pt         the state dict (anomaly quantiles included)
+                      model_config.json  model config, vocabulary, quantiles, metrics, data
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream.tokenizer import Vocabulary
+from trainer import model as network_module
+from trainer.model import ClickscoreModel, ModelConfig
+
+META = "model_config.json"
+WEIGHTS = "weights.pt"
+# Copied as the version's model.py; it imports triton_python_backend_utils, so never import it.
+TRITON_ENTRY = Path(__file__).with_name("triton_model.py")
+
+
+def versions(*folders: Path) -> list[int]:
+    """Numeric version folders found in any of these model directories."""
+    found = {int(p.name) for f in folders if f.is_dir() for p in f.iterdir() if p.name.isdigit()}
+    return sorted(found)
+
+
+def next_version(*folders: Path) -> int:
+    return max(versions(*folders), default=0) + 1
+
+
+def export(
+    model: ClickscoreModel,
+    vocab: Vocabulary,
+    folder: Path,
+    *,
+    metrics: dict[str, Any],
+    training_data: dict[str, Any],
+) -> Path:
+    """Write the version folder (folder must not exist yet); returns it."""
+    if tuple(model.config.field_sizes) != vocab.field_sizes:
+        raise ValueError("the model was built for another vocabulary")
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(TRITON_ENTRY, staging / "model.py")
+    shutil.copyfile(network_module.__file__, staging / "network.py")
+    state = {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()}
+    torch.save(state, staging / WEIGHTS)
+    meta = {
+        "model": model.config.to_dict(),
+        "vocabulary": vocab.to_dict(),
+        "anomaly_quantiles": [float(q) for q in model.anomaly_quantiles],
+        "metrics": metrics,
+        "training_data": training_data,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    # A rename, so Triton never sees a half-written version folder.
+    staging.rename(folder)
+    return folder
+
+
+def load_network(folder: Path) -> Any:
+    """network.py of a version folder as a module (registered, for its dataclasses)."""
+    name = f"clickscore_network_v{folder.name}_{abs(hash(str(folder.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, folder / "network.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads((folder / META).read_text())
+    return meta
+
+
+def load(folder: Path) -> ClickscoreModel:
+    """A version folder's model, built from ITS OWN network.py (what Triton serves)."""
+    meta = read_meta(folder)
+    Vocabulary.from_dict(meta["vocabulary"])  # refuses a vocabulary this code tokenises otherwise
+    network = load_network(folder)
+    model = network.ClickscoreModel(network.ModelConfig.from_dict(meta["model"]))
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu"))
+    model.eval()
+    return model  # type: ignore[no-any-return]
+
+
+def load_config(folder: Path) -> ModelConfig:
+    return ModelConfig.from_dict(read_meta(folder)["model"])

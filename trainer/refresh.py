@@ -1,0 +1,178 @@
+"""One training run end to end: events -> examples -> fit -> candidate folder -> gate -> serve.
+
+Users are split three ways by a stable hash: test (held out: every reported metric and the
+promotion gate), validation (normal users only: the anomaly calibration) and train.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.events import Event, ValidationLimits, parse_event
+from stream.settings import Settings
+from stream.tokenizer import Vocabulary
+from trainer import data, export, promote
+from trainer.model import ModelConfig
+from trainer.train import TINY_MODEL, TINY_TRAIN, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.1
+_ANY_TIME = ValidationLimits(max_age_s=1 << 40, max_future_s=1 << 40)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    data: str = "synthetic"  # "synthetic", "topic", or a trainer.loaders format
+    path: Path | None = None
+    users: int = 2000  # synthetic only
+    days: int = 14
+    seed: int = 0
+    tiny: bool = False
+    lora: bool = False
+    promote: bool = True  # gate and load into Triton; False only writes the candidate
+
+
+@dataclass
+class Split:
+    train: data.Examples
+    test: data.Examples
+    validation_tokens: npt.NDArray[Any]
+    pretrain: npt.NDArray[Any]
+    anomalous: set[str]
+
+
+def read_topic(settings: Settings, limit: int) -> list[Event]:
+    """The newest `limit` valid events of the events topic (read to its current end)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def consume() -> list[Event]:
+        consumer = AIOKafkaConsumer(
+            settings.topic_events,
+            bootstrap_servers=settings.broker_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        kept: deque[Event] = deque(maxlen=limit)
+        try:
+            while batch := await consumer.getmany(timeout_ms=2000, max_records=10_000):
+                for records in batch.values():
+                    for record in records:
+                        parsed = parse_event(record.value or b"", 0, _ANY_TIME)
+                        if isinstance(parsed, Event):
+                            kept.append(parsed)
+        finally:
+            await consumer.stop()
+        return list(kept)
+
+    return asyncio.run(consume())
+
+
+def load_events(
+    settings: Settings, args: TrainArgs
+) -> tuple[list[Event], dict[str, tuple[str, int] | None], dict[str, Any]]:
+    """Events (time-sorted), known anomalies per user, and a description for the export."""
+    if args.data == "synthetic":
+        from trainer.synthetic import SyntheticConfig, generate
+
+        config = SyntheticConfig(users=args.users, days=args.days, seed=args.seed)
+        events, truth = generate(config)
+        anomalies = {
+            u: (t.anomaly, t.anomaly_start_ms) if t.anomaly and t.anomaly_start_ms else None
+            for u, t in truth.items()
+        }
+        desc = {"source": "synthetic", "users": args.users, "days": args.days, "seed": args.seed}
+        return events, anomalies, {**desc, "events": len(events)}
+    if args.data == "topic":
+        events = read_topic(settings, settings.train_history_events)
+        desc = {"source": f"topic {settings.topic_events}"}
+    else:
+        from trainer.loaders import load, sort_by_time
+
+        if args.path is None:
+            raise ValueError(f"--data {args.data} needs a PATH")
+        events = list(load(args.data, args.path))[-settings.train_history_events :]
+        events = sort_by_time(events)
+        desc = {"source": f"{args.data} {args.path.name}"}
+    return events, {}, {**desc, "events": len(events)}
+
+
+def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
+    return data.ExampleSpec(
+        churn_horizon_ms=settings.churn_horizon_s * 1000,
+        purchase_horizon_ms=settings.purchase_horizon_s * 1000,
+        sequence_length=settings.sequence_length,
+        seed=seed,
+    )
+
+
+def split(
+    settings: Settings,
+    events: list[Event],
+    anomalies: dict[str, tuple[str, int] | None],
+    seed: int,
+) -> Split:
+    vocab = Vocabulary()
+    by_user = data.group_by_user(events)
+    examples = data.build_examples(by_user, vocab, spec_of(settings, seed))
+    test_users = {u for u in by_user if data.held_out(u, TEST_FRACTION, seed)}
+    val_users = {
+        u
+        for u in by_user
+        if u not in test_users and data.held_out(u, VALIDATION_FRACTION, seed + 1)
+    }
+    anomalous = {u for u, a in anomalies.items() if a}
+    in_test = np.array([u in test_users for u in examples.user_ids])
+    in_val = np.array([u in val_users for u in examples.user_ids])
+    normal_val = in_val & np.array([u not in anomalous for u in examples.user_ids])
+    train_users = {u: e for u, e in by_user.items() if u not in test_users and u not in val_users}
+    return Split(
+        train=examples.subset(~in_test & ~in_val),
+        test=examples.subset(in_test),
+        validation_tokens=examples.tokens[normal_val if normal_val.any() else ~in_test],
+        pretrain=data.unlabelled_sequences(train_users, vocab, settings.sequence_length, seed=seed),
+        anomalous=anomalous,
+    )
+
+
+def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
+    extra: dict[str, Any] = dict(TINY_MODEL) if args.tiny else {}
+    model_config = ModelConfig(
+        field_sizes=Vocabulary().field_sizes, sequence_length=settings.sequence_length, **extra
+    )
+    base = TINY_TRAIN if args.tiny else TrainConfig()
+    train_config = TrainConfig(**{**base.__dict__, "seed": args.seed, "lora": args.lora})
+    return model_config, train_config
+
+
+def train_candidate(settings: Settings, args: TrainArgs) -> tuple[Path, data.Examples]:
+    events, anomalies, description = load_events(settings, args)
+    parts = split(settings, events, anomalies, args.seed)
+    log.info("%d train / %d test examples", len(parts.train), len(parts.test))
+    model_config, train_config = configs(settings, args)
+    model = fit(model_config, train_config, parts.pretrain, parts.train, parts.validation_tokens)
+    folder = promote.store_dir(settings) / str(
+        export.next_version(promote.served_dir(settings), promote.store_dir(settings))
+    )
+    metrics = promote.metrics_of(model, parts.test)
+    description = {
+        **description,
+        "train_examples": len(parts.train),
+        "test_examples": len(parts.test),
+        "train_config": train_config.__dict__,
+        "churn_horizon_s": settings.churn_horizon_s,
+        "purchase_horizon_s": settings.purchase_horizon_s,
+    }
+    export.export(model, Vocabulary(), folder, metrics=metrics, training_data=description)
+    return folder, parts.test
