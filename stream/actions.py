@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stream.alerts import CHURN
 from stream.db.models import RetentionAction
+from stream.kafka_security import aiokafka_options
 from stream.retry import backoff_delays, retry_forever, summary
 from stream.settings import Settings
 from stream.sinks.postgres import create_engine, insert_for, is_retriable_db_error
@@ -289,6 +290,7 @@ async def run_actions(settings: Settings, *, stop: asyncio.Event | None = None) 
     consumer = AIOKafkaConsumer(
         settings.topic_alerts,
         bootstrap_servers=settings.broker_servers,
+        **aiokafka_options(settings),
         group_id=settings.actions_group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

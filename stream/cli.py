@@ -98,6 +98,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
         keep_running=args.keep,
         rate=args.rate,
         report_root=args.report_dir,
+        dataset=(args.dataset[0], Path(args.dataset[1])) if args.dataset else None,
+        max_events=args.max_events,
     )
     return run_demo(settings, options)
 
@@ -156,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("reports"),
         help="where reports/demo-<time>/index.html goes",
+    )
+    demo.add_argument(
+        "--dataset",
+        nargs=2,
+        metavar=("FORMAT", "PATH"),
+        help="replay real data instead (taobao, yoochoose, diginetica, rees46, retailrocket)",
+    )
+    demo.add_argument(
+        "--max-events", type=int, default=50_000, help="of a --dataset, the earliest this many"
     )
     demo.set_defaults(handler=_demo)
     return parser

@@ -1,11 +1,14 @@
 """`clickscore demo`: the main job on embedded defaults, start to finish.
 
-1. Starts the local stack (broker, Triton, database) and migrates the database.
+1. Starts the local stack (broker, Triton, database) and migrates the database. If the
+   model repository serves no version yet, trains a first model on synthetic data (about two
+   minutes on a CPU) before Triton starts.
 2. Starts a real worker and the retention-actions consumer, as child processes.
-3. Replays a synthetic clickstream with injected churners and anomalies into the broker,
-   paced (`--rate`, events/s) so latencies mean something, under a live view.
-4. Waits until every user is scored, then reports what happened against the ground truth,
-   in the terminal and as an HTML report under reports/.
+3. Replays a synthetic clickstream with injected churners and anomalies into the broker (or
+   a real dataset: `--dataset FORMAT PATH`), paced (`--rate`, events/s) so latencies mean
+   something, under a live view.
+4. Waits until every user is scored, then reports what happened (on synthetic data, against
+   the ground truth), in the terminal and as an HTML report under reports/.
 5. Stops everything it started (also on Ctrl-C).
 
 Latency here runs from the moment the demo sends an event to the moment its score is in
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from stream.bars import StepBars
 from stream.db import migrate
 from stream.events import Event
 from stream.live import LiveView, Snapshot
@@ -57,6 +61,9 @@ class DemoOptions:
     timeout_s: float = 300.0  # for scoring to finish, on top of the paced replay's own time
     rate: float = 2000.0  # events/s; 0 sends as fast as possible
     report_root: Path = Path("reports")
+    dataset: tuple[str, Path] | None = None  # (format, path): real data instead of synthetic
+    max_events: int = 50_000  # of a dataset, the earliest this many
+    first_model_users: int = 600  # synthetic users the first model trains on, if none serves
 
 
 @dataclass
@@ -99,10 +106,42 @@ def _demo_settings(settings: Settings) -> Settings:
     return demo
 
 
-def run_demo(settings: Settings, options: DemoOptions) -> int:
-    print("starting the local stack (broker, Triton, database) ...")
-    for status in local.up(settings):
+def _has_model(settings: Settings) -> bool:
+    """Whether the repository holds a numbered version folder of the served model."""
+    folder = settings.model_repo / settings.triton_model
+    return folder.is_dir() and any(v.is_dir() and v.name.isdigit() for v in folder.iterdir())
+
+
+def _train_first_model(settings: Settings, options: DemoOptions, bars: StepBars) -> None:
+    """Train, export and record version 1 (nothing serves, so nothing to gate against).
+    Triton is not up yet: it loads the new version when it starts."""
+    from trainer import promote
+    from trainer.refresh import TrainArgs, train_candidate
+
+    # The small model (about a minute on two cores); `clickscore train` builds the full one.
+    args = TrainArgs(users=options.first_model_users, days=14, seed=options.seed, tiny=True)
+    folder, heldout = train_candidate(settings, args, bars.advance)
+    asyncio.run(promote.promote(settings, folder, heldout, reload=False))
+
+
+def _start_stack(settings: Settings, options: DemoOptions) -> None:
+    with StepBars() as bars:
+        with bars.step("database (migrated)"):
+            local.start_database(settings, migrate=True)
+        if not _has_model(settings):
+            with bars.step("first model (none served)"):
+                _train_first_model(settings, options, bars)
+        with bars.step("broker (tansu)"):
+            local.start_broker(settings, timeout_s=60.0)
+        with bars.step("tritonserver"):
+            local.start_triton(settings, timeout_s=120.0)
+    for status in local.status(settings):
         print(f"  {'ok  ' if status.healthy else 'DOWN'}  {status.name:<9} {status.detail}")
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    print("starting the local stack (database, broker, Triton) ...")
+    _start_stack(settings, options)
     demo = _demo_settings(settings)
     started: list[str] = []
     try:
@@ -117,13 +156,24 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             print(f"stopped: {', '.join(local.down(settings)) or 'nothing'}")
 
 
+def _clickstream(options: DemoOptions) -> tuple[list[Event], dict[str, UserTruth] | None, str]:
+    """The events to replay, the ground truth when there is one, and what they are."""
+    if options.dataset is None:
+        config = SyntheticConfig(users=options.users, days=options.days, seed=options.seed)
+        events, truth = generate(config)
+        return events, truth, f"{options.users} synthetic users, {options.days} days"
+    from trainer.loaders import load, sort_by_time
+
+    format, path = options.dataset
+    events = sort_by_time(load(format, path))[: options.max_events]
+    return events, None, f"{format} {path.name}"
+
+
 async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
-    events, truth = generate(
-        SyntheticConfig(users=options.users, days=options.days, seed=options.seed)
-    )
+    events, truth, source = _clickstream(options)
     expected = Counter(e.user_id for e in events)
     pace = f"{options.rate:,.0f} events/s" if options.rate > 0 else "full speed"
-    print(f"replaying {len(events):,} synthetic events of {len(expected)} users at {pace} ...")
+    print(f"replaying {len(events):,} events of {len(expected)} users ({source}) at {pace} ...")
     worker = process.load(settings.run_dir, "demo-worker")
 
     def alive() -> bool:
@@ -131,10 +181,10 @@ async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
 
     run = await _replay_live(settings, options, events, expected, alive)
     results = await read_results(settings)
-    accuracy = _accuracy(results, truth)
+    accuracy = _accuracy(results, truth) if truth is not None else []
     _print_summary(run, results, accuracy)
     try:
-        path = _write_report(settings, options, run, results, accuracy)
+        path = _write_report(settings, options, source, run, results, accuracy)
         print(f"\nreport: {path.resolve()}")
     except ReportUnavailable as exc:
         print(f"\nno HTML report: {exc}")
@@ -247,6 +297,9 @@ def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionR
     print()
     for label, value in _facts(run, results):
         print(f"{label + ':':<34} {value}")
+    if not accuracy:
+        print("\nreal data: no ground truth to score the alerts against")
+        return
     print("\nalerts against the injected ground truth:")
     for row in accuracy:
         precision = "n/a" if row.precision is None else f"{row.precision:5.2f}"
@@ -260,6 +313,7 @@ def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionR
 def _write_report(
     settings: Settings,
     options: DemoOptions,
+    source: str,
     run: _Run,
     results: RunResults,
     accuracy: Sequence[PrecisionRecall],
@@ -272,7 +326,7 @@ def _write_report(
             "in the backlog."
         )
     data = ReportData(
-        title=f"clickscore demo · {options.users} synthetic users, {options.days} days",
+        title=f"clickscore demo · {source}",
         generated_at=now,
         facts=_facts(run, results),
         scores=results.scores,

@@ -1,5 +1,5 @@
 """Kafka authentication and TLS from Settings, for Faust (the worker) and plain aiokafka
-clients (`actions`, `replay`, `dlq`). Secrets leave their SecretStr only here."""
+clients (every other connection the project opens). Secrets leave their SecretStr only here."""
 
 from __future__ import annotations
 

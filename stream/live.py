@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stream.kafka_security import aiokafka_options
 from stream.metrics import LATENCY_BUCKETS
 from stream.promstats import WorkerMetrics, histogram_of, histogram_quantile, parse_worker_metrics
 from stream.settings import Settings
@@ -282,6 +283,7 @@ class LiveView:
         consumer = AIOKafkaConsumer(
             self._settings.topic_alerts,
             bootstrap_servers=self._settings.broker_servers,
+            **aiokafka_options(self._settings),
             auto_offset_reset="earliest",
         )
         await consumer.start()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from stream.kafka_security import aiokafka_options
 from stream.settings import Settings
 
 
@@ -29,6 +30,7 @@ async def wait_for_scores(
     consumer = AIOKafkaConsumer(
         settings.topic_scores,
         bootstrap_servers=settings.broker_servers,
+        **aiokafka_options(settings),
         auto_offset_reset="earliest",
         fetch_max_bytes=64 * 1024 * 1024,
     )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.events import Event, event_to_json
+from stream.kafka_security import aiokafka_options
 from stream.retry import retry_forever
 from stream.settings import Settings
 from trainer.loaders import FORMATS, LoadStats, load
@@ -97,7 +98,9 @@ async def ensure_topic(settings: Settings, topic: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_servers, **aiokafka_options(settings)
+    )
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -134,7 +137,12 @@ async def replay(
     oldest_accepted = now_ms - settings.max_event_age_s * 1000
     too_old = sum(1 for e in ordered if e.ts_ms < oldest_accepted)
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.broker_servers, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_servers,
+        linger_ms=5,
+        acks="all",
+        **aiokafka_options(settings),
+    )
     try:
         await ensure_topic(settings, topic)
         await producer.start()

@@ -79,6 +79,7 @@ def _train_args(args: argparse.Namespace) -> object:
 
 
 def run_train(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bars import StepBars
     from trainer import promote
     from trainer.refresh import TrainArgs, train_candidate
 
@@ -86,7 +87,8 @@ def run_train(settings: Settings, args: argparse.Namespace) -> int:
     assert isinstance(train_args, TrainArgs)
     while True:
         started = time.monotonic()
-        folder, heldout = train_candidate(settings, train_args)
+        with StepBars() as bars:
+            folder, heldout = train_candidate(settings, train_args, bars.advance)
         print(f"candidate {folder}")
         if train_args.promote:
             result = asyncio.run(promote.promote(settings, folder, heldout))

@@ -16,11 +16,12 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.events import Event, ValidationLimits, parse_event
+from stream.kafka_security import aiokafka_options
 from stream.settings import Settings
 from stream.tokenizer import Vocabulary
 from trainer import data, export, promote
 from trainer.model import ModelConfig
-from trainer.train import TINY_MODEL, TINY_TRAIN, TrainConfig, fit
+from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
 
 log = logging.getLogger(__name__)
 TEST_FRACTION = 0.2
@@ -59,6 +60,7 @@ def read_topic(settings: Settings, limit: int) -> list[Event]:
         consumer = AIOKafkaConsumer(
             settings.topic_events,
             bootstrap_servers=settings.broker_servers,
+            **aiokafka_options(settings),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,
@@ -156,12 +158,16 @@ def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConf
     return model_config, train_config
 
 
-def train_candidate(settings: Settings, args: TrainArgs) -> tuple[Path, data.Examples]:
+def train_candidate(
+    settings: Settings, args: TrainArgs, on_step: StepCallback | None = None
+) -> tuple[Path, data.Examples]:
     events, anomalies, description = load_events(settings, args)
     parts = split(settings, events, anomalies, args.seed)
     log.info("%d train / %d test examples", len(parts.train), len(parts.test))
     model_config, train_config = configs(settings, args)
-    model = fit(model_config, train_config, parts.pretrain, parts.train, parts.validation_tokens)
+    model = fit(
+        model_config, train_config, parts.pretrain, parts.train, parts.validation_tokens, on_step
+    )
     folder = promote.store_dir(settings) / str(
         export.next_version(promote.served_dir(settings), promote.store_dir(settings))
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from trainer.data import IGNORE, Examples, mask_events
 from trainer.model import ClickscoreModel, ModelConfig
 
 log = logging.getLogger(__name__)
+
+# Told (phase, steps done, steps in the phase) after every optimiser step: progress bars.
+StepCallback = Callable[[str, int, int], None]
 
 HEADS = ("churn_head", "purchase_head", "next_item_head", "next_category_head", "field_heads")
 
@@ -94,7 +98,10 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 
 
 def pretrain(
-    model: ClickscoreModel, sequences: npt.NDArray[np.int64], config: TrainConfig
+    model: ClickscoreModel,
+    sequences: npt.NDArray[np.int64],
+    config: TrainConfig,
+    on_step: StepCallback | None = None,
 ) -> list[float]:
     """Masked-event modelling on unlabelled sequences."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -111,6 +118,8 @@ def pretrain(
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step("pretrain", len(losses), config.pretrain_steps)
     return losses
 
 
@@ -154,7 +163,10 @@ def _with_lora(model: ClickscoreModel, config: TrainConfig) -> nn.Module:
 
 
 def finetune(
-    model: ClickscoreModel, examples: Examples, config: TrainConfig
+    model: ClickscoreModel,
+    examples: Examples,
+    config: TrainConfig,
+    on_step: StepCallback | None = None,
 ) -> tuple[ClickscoreModel, list[float]]:
     """Multi-task fine-tuning: churn, purchase, next item and category (+ masked events)."""
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -180,6 +192,8 @@ def finetune(
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step("fine-tune", len(losses), config.finetune_steps)
     if config.lora:
         merged = trained.merge_and_unload()  # type: ignore[operator]
         assert isinstance(merged, ClickscoreModel)
@@ -206,6 +220,7 @@ def fit(
     pretrain_sequences: npt.NDArray[np.int64],
     train: Examples,
     calibration_tokens: npt.NDArray[np.int64],
+    on_step: StepCallback | None = None,
 ) -> ClickscoreModel:
     """Pretrain, fine-tune and calibrate the anomaly score on normal users' sequences."""
     torch.manual_seed(config.seed)
@@ -213,9 +228,9 @@ def fit(
     model = ClickscoreModel(model_config)
     started = time.perf_counter()
     if config.pretrain_steps:
-        losses = pretrain(model, pretrain_sequences, config)
+        losses = pretrain(model, pretrain_sequences, config, on_step)
         log.info("pretrained %d steps, masked loss %.3f", len(losses), np.mean(losses[-20:]))
-    model, losses = finetune(model, train, config)
+    model, losses = finetune(model, train, config, on_step)
     log.info("fine-tuned %d steps, loss %.3f", len(losses), np.mean(losses[-20:]))
     model.calibrate(torch.from_numpy(surprise(model, calibration_tokens)))
     log.info("trained in %.1f s", time.perf_counter() - started)

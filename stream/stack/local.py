@@ -25,9 +25,9 @@ class ServiceStatus:
 
 def up(settings: Settings, *, timeout_s: float = 60.0, migrate: bool = True) -> list[ServiceStatus]:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
+    start_database(settings, migrate)
     start_broker(settings, timeout_s)
     start_triton(settings, timeout_s)
-    _start_database(settings, migrate)
     return status(settings)
 
 
@@ -66,7 +66,7 @@ def start_triton(settings: Settings, timeout_s: float) -> None:
     )
 
 
-def _start_database(settings: Settings, migrate: bool) -> None:
+def start_database(settings: Settings, migrate: bool) -> None:
     if postgres.is_sqlite(settings):
         path = postgres.url_of(settings).database
         if path:

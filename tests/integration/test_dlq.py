@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,17 +61,21 @@ async def test_replay_after_a_fix_scores_every_event_once(
     reasons = Counter(dict(r.headers)["clickscore.reason"].decode() for r in dead)
     assert reasons == {"timestamp_out_of_range": 100, "bad_json": 3}
 
-    # The fix is deployed (the default 30-day limit); replay in two steps, then once more.
+    # The fix is deployed (the default 30-day limit), and once the fixed worker is up, the
+    # dead letters are replayed in two steps, then once more: the operator's order. (Started
+    # with the replayed events already waiting, a restarted worker has been seen to lose
+    # some of them: docs/reliability.md, "Open: events lost at worker start-up".)
     fixed = base_worker_settings(settings)
-    why = "timestamp_out_of_range"
-    first = await dlq.replay_dead_letters(fixed, reason=why, limit=40, idle_s=2)
-    rest = await dlq.replay_dead_letters(fixed, reason=why, idle_s=2)
-    again = await dlq.replay_dead_letters(fixed, reason=why, idle_s=2)
-    assert (first.replayed, rest.replayed, again.replayed) == (40, 60, 0)
-    assert rest.skipped == 3  # the bad JSON is left alone
-
     worker = WorkerProcess(fixed, log).start()
     try:
+        await asyncio.to_thread(worker.wait_ready)
+        why = "timestamp_out_of_range"
+        first = await dlq.replay_dead_letters(fixed, reason=why, limit=40, idle_s=2)
+        rest = await dlq.replay_dead_letters(fixed, reason=why, idle_s=2)
+        again = await dlq.replay_dead_letters(fixed, reason=why, idle_s=2)
+        assert (first.replayed, rest.replayed, again.replayed) == (40, 60, 0)
+        # The bad JSON is left alone, by whichever run reaches its partition first.
+        assert first.skipped + rest.skipped + again.skipped == 3
         counts = await wait_until_scored(fixed, dict(expected), worker)
     finally:
         worker.stop()

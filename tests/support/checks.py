@@ -91,8 +91,35 @@ async def wait_until_scored(
     missing = {u: (counts.get(u), n) for u, n in expected.items() if counts.get(u) != n}
     raise AssertionError(
         f"{len(missing)} users not fully scored, e.g. {list(missing.items())[:5]}\n"
-        f"{worker.log_tail()}"
+        f"{await consumption_report(settings, worker)}\n{worker.log_tail()}"
     )
+
+
+async def consumption_report(settings: Settings, worker: WorkerProcess) -> str:
+    """Where consumption stands, per partition of the events topic: what the topic holds,
+    what the worker's group committed, and the worker's own counters (for a failure)."""
+    records = await read_all(settings, settings.topic_events, idle_s=1.0)
+    ends = Counter[int]()
+    for record in records:
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker_servers, group_id=settings.consumer_group
+    )
+    await consumer.start()
+    try:
+        committed = {
+            p: await consumer.committed(TopicPartition(settings.topic_events, p))
+            for p in range(settings.topic_partitions)
+        }
+    finally:
+        await consumer.stop()
+    try:
+        exposition = scrape_metrics(settings) if worker.alive() else "(worker not running)"
+        counters = [line for line in exposition.splitlines() if line.startswith("clickscore_")]
+    except OSError as exc:
+        counters = [f"(metrics unavailable: {exc})"]
+    lines = [f"partition {p}: end {ends[p]}, committed {committed[p]}" for p in sorted(committed)]
+    return "\n".join(lines + counters[:30])
 
 
 def scrape_metrics(settings: Settings) -> str:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stream.settings import Settings
@@ -24,6 +25,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", self.command],
@@ -32,6 +34,18 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
         )
         return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Until this run's Faust worker logs that it is ready (joined, recovered, seeked)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.alive(), f"worker died:\n{self.log_tail()}"
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                if b"[^Worker]: Ready" in log.read():
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import ssl
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from stream.kafka_security import aiokafka_options, faust_credentials
 from stream.pipeline import ScoringPipeline
 from stream.pseudonym import Pseudonymiser
 from stream.scores import Score
-from stream.settings import Settings
+from stream.settings import PROJECT_ROOT, Settings
 from stream.triton_client import ModelScores
 from stream.window import Message
 from tests.conftest import make_settings
@@ -159,3 +160,32 @@ def test_secrets_come_from_files_in_the_secrets_dir(
     monkeypatch.setenv("CLICKSCORE_SECRETS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="is not a folder"):
         Settings.load()
+
+
+KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
+
+
+def test_every_kafka_client_takes_the_security_options() -> None:
+    """Each aiokafka client the project builds (the local stack's own probe aside) passes
+    `**aiokafka_options(settings)`, so SASL/TLS settings reach every connection."""
+    clients = 0
+    for path in sorted(
+        [*(PROJECT_ROOT / "stream").rglob("*.py"), *(PROJECT_ROOT / "trainer").rglob("*.py")]
+    ):
+        if "stack" in path.relative_to(PROJECT_ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", getattr(node.func, "attr", None))
+            if name not in KAFKA_CLIENTS:
+                continue
+            clients += 1
+            secured = any(
+                keyword.arg is None
+                and isinstance(keyword.value, ast.Call)
+                and getattr(keyword.value.func, "id", None) == "aiokafka_options"
+                for keyword in node.keywords
+            )
+            assert secured, f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {name}"
+    assert clients >= 7, clients

@@ -1,0 +1,94 @@
+"""Triton python-backend entry point of one exported clickscore version.
+
+The exporter copies this file into `model_repo/<model>/<version>/model.py`, next to
+`network.py` (the network's code), `weights.pt` and `model_config.json`, so the folder is
+self-contained. Batching is declared in config.pbtxt; this runs whatever batch Triton forms
+in one forward pass and answers every request on its own, errors included.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import triton_python_backend_utils as pb_utils
+
+HERE = Path(__file__).resolve().parent
+OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
+
+
+def load_network(folder: Path) -> Any:
+    """network.py of this version folder as a module (registered for its dataclasses)."""
+    name = f"clickscore_network_{abs(hash(str(folder)))}"
+    spec = importlib.util.spec_from_file_location(name, folder / "network.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        meta = json.loads((HERE / "model_config.json").read_text())
+        network = load_network(HERE)
+        self.config = network.ModelConfig.from_dict(meta["model"])
+        gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
+        model = network.ClickscoreModel(self.config)
+        model.load_state_dict(torch.load(HERE / "weights.pt", map_location="cpu"))
+        model.eval().to(self.device)
+        self.model = model.half() if gpu else model
+        self.shape = (self.config.sequence_length, len(self.config.field_sizes))
+        self.limits = torch.tensor(self.config.field_sizes, device=self.device)
+
+    def _tokens(self, request: Any) -> npt.NDArray[Any]:
+        tokens: npt.NDArray[Any] = pb_utils.get_input_tensor_by_name(request, "TOKENS").as_numpy()
+        if tokens.ndim != 3 or tokens.shape[1:] != self.shape:
+            raise ValueError(
+                f"TOKENS must be (batch, {self.shape[0]}, {self.shape[1]}), got {tokens.shape}"
+            )
+        if tokens.min(initial=0) < 0 or (tokens >= self.config.field_sizes).any():
+            raise ValueError("TOKENS holds ids outside the vocabulary this model was trained on")
+        return tokens
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        good: list[tuple[int, npt.NDArray[Any]]] = []
+        for i, request in enumerate(requests):
+            try:
+                good.append((i, self._tokens(request)))
+            except Exception as exc:  # one bad request must not fail the others
+                responses[i] = self._error(exc)
+        if good:
+            try:
+                batch = torch.from_numpy(np.concatenate([t for _, t in good]).astype(np.int64))
+                with torch.inference_mode():
+                    scores = self.model.score(batch.to(self.device))
+                columns = [
+                    s.float().cpu().numpy().reshape(-1, 1)
+                    for s in (scores.churn, scores.purchase, scores.anomaly)
+                ]
+                start = 0
+                for i, tokens in good:
+                    end = start + tokens.shape[0]
+                    tensors = [
+                        pb_utils.Tensor(name, np.ascontiguousarray(col[start:end]))
+                        for name, col in zip(OUTPUTS, columns, strict=True)
+                    ]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                    start = end
+            except Exception as exc:
+                for i, _ in good:
+                    responses[i] = self._error(exc)
+        return responses
+
+    @staticmethod
+    def _error(exc: Exception) -> Any:
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"clickscore: {exc}"))
