@@ -1,6 +1,9 @@
-"""`clickscore bench worker`: end-to-end throughput of one worker process on the local stack.
+"""`clickscore bench worker | broker | triton`: end-to-end worker throughput, raw ceilings.
 
-It replays a synthetic backlog into fresh topics, starts a real `clickscore worker`
+`bench worker` measures one worker process end to end on the local stack (below);
+`bench broker` and `bench triton` measure the ceilings under it (stream/ceilings.py).
+
+`bench worker` replays a synthetic backlog into fresh topics, starts a real `clickscore worker`
 process, and reads the scores topic until every user's score reflects all of their events.
 Throughput is events / (time of the last needed score - time of the first score), so the
 worker's start-up (group join, table recovery) is reported apart, not hidden in the rate.
@@ -98,9 +101,52 @@ def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def _broker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.ceilings import broker_ceiling
+
+    result = asyncio.run(broker_ceiling(settings, args.records, args.bytes))
+    print(f"machine:  {describe_machine()}")
+    print(f"records:  {result.records:,} of {result.record_bytes} bytes, one topic")
+    print(f"produce:  {result.produce_per_s:,.0f} records/s (one aiokafka producer)")
+    print(f"consume:  {result.consume_per_s:,.0f} records/s (one aiokafka consumer)")
+    return 0
+
+
+def _triton_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.ceilings import triton_grid
+
+    points = asyncio.run(triton_grid(settings, args.batches, args.concurrency, args.seconds))
+    print(f"machine: {describe_machine()}")
+    where = f"model '{settings.triton_model}' at {settings.triton_grpc_url}"
+    print(f"{where}, {args.seconds:g} s per point\n")
+    print("| batch | concurrency | requests | sequences/s | p50 ms | p99 ms |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for p in points:
+        print(
+            f"| {p.batch} | {p.concurrency} | {p.requests} | {p.sequences_per_s:,.0f} "
+            f"| {p.p50_ms:.1f} | {p.p99_ms:.1f} |"
+        )
+    return 0
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = commands.add_parser("bench", help="measure the worker on the local stack")
     targets = bench.add_subparsers(dest="target", required=True)
+    broker = targets.add_parser("broker", help="raw aiokafka produce and consume records/s")
+    broker.add_argument("--records", type=int, default=200_000)
+    broker.add_argument("--bytes", type=int, default=200, help="bytes per record")
+    broker.set_defaults(handler=_broker_command)
+    triton = targets.add_parser(
+        "triton", help="sequences/s and latency of the served model by batch and concurrency"
+    )
+    triton.add_argument("--batches", type=_int_list, default=[1, 8, 64, 256])
+    triton.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 32])
+    triton.add_argument("--seconds", type=float, default=3.0, help="per point")
+    triton.set_defaults(handler=_triton_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
     worker.add_argument("--users", type=int, default=2000)
     worker.add_argument("--days", type=int, default=7)
