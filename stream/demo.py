@@ -1,8 +1,8 @@
 """`clickscore demo`: the main job on embedded defaults, start to finish.
 
 1. Starts the local stack (broker, Triton, database) and migrates the database. If the
-   model repository serves no version yet, trains a first model on synthetic data (about two
-   minutes on a CPU) before Triton starts.
+   model repository serves no version yet, trains a small first model on synthetic data
+   (44 s measured on two cores) before Triton starts.
 2. Starts a real worker and the retention-actions consumer, as child processes.
 3. Replays a synthetic clickstream with injected churners and anomalies into the broker (or
    a real dataset: `--dataset FORMAT PATH`), paced (`--rate`, events/s) so latencies mean

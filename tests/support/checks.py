@@ -102,17 +102,7 @@ async def consumption_report(settings: Settings, worker: WorkerProcess) -> str:
     ends = Counter[int]()
     for record in records:
         ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker_servers, group_id=settings.consumer_group
-    )
-    await consumer.start()
-    try:
-        committed = {
-            p: await consumer.committed(TopicPartition(settings.topic_events, p))
-            for p in range(settings.topic_partitions)
-        }
-    finally:
-        await consumer.stop()
+    committed = await committed_offsets(settings)
     try:
         exposition = scrape_metrics(settings) if worker.alive() else "(worker not running)"
         counters = [line for line in exposition.splitlines() if line.startswith("clickscore_")]
@@ -141,20 +131,25 @@ def expected_alerts(traffic: Traffic) -> Counter[tuple[str, str]]:
     )
 
 
-async def committed_total(settings: Settings) -> int:
-    """Sum of the worker group's committed offsets on the events topic (without joining it)."""
+async def committed_offsets(settings: Settings) -> dict[int, int | None]:
+    """The worker group's committed offset per partition of the events topic (without
+    joining the group); None where it committed nothing."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_servers, group_id=settings.consumer_group
     )
     await consumer.start()
     try:
-        partitions = range(settings.topic_partitions)
-        offsets = [
-            await consumer.committed(TopicPartition(settings.topic_events, p)) for p in partitions
-        ]
+        return {
+            p: await consumer.committed(TopicPartition(settings.topic_events, p))
+            for p in range(settings.topic_partitions)
+        }
     finally:
         await consumer.stop()
-    return sum(o or 0 for o in offsets)
+
+
+async def committed_total(settings: Settings) -> int:
+    """Sum of the worker group's committed offsets on the events topic."""
+    return sum(o or 0 for o in (await committed_offsets(settings)).values())
 
 
 @dataclass
