@@ -5,12 +5,15 @@ from __future__ import annotations
 import faust
 
 from stream.kafka_security import faust_credentials
+from stream.recovery import SeekSafeTableManager
 from stream.settings import Settings
+from stream.transport import ClickscoreApp
 
 
 def create_app(settings: Settings) -> faust.App:
-    return faust.App(
+    return ClickscoreApp(
         settings.consumer_group,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
@@ -27,4 +30,5 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.metrics_host,
         table_standby_replicas=0,
         autodiscover=False,
+        TableManager=SeekSafeTableManager,
     )

@@ -1,7 +1,10 @@
-"""`clickscore bench broker | triton`: the raw ceilings the worker runs under, on this machine.
+"""`clickscore bench broker | faust | triton`: the raw ceilings the worker runs under, here.
 
 - broker: how fast one aiokafka consumer reads a topic of event-sized records, and how fast
   one producer writes them (what the worker could consume if it did nothing else).
+- faust: how fast a Faust agent built like the worker's (the same app settings, one stream
+  read in windows with `take_events`) receives those records when it does nothing with
+  them: the cost of Faust's per-message delivery, which every worker event pays.
 - triton: sequences/s and request latency of the served model through Triton's gRPC API, for
   each (batch size, concurrency): `concurrency` closed-loop clients each send a request of
   `batch` sequences, wait for its answer, and send the next, for a fixed time. The same
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -88,6 +92,68 @@ async def broker_ceiling(settings: Settings, records: int, record_bytes: int) ->
     finally:
         await consumer.stop()
     return BrokerCeiling(records, record_bytes, records / produce_s, records / consume_s)
+
+
+@dataclass(frozen=True)
+class FaustCeiling:
+    records: int
+    events_per_s: float
+    cpu_share: float  # process CPU time / wall time while receiving (1.0 = one core)
+
+
+async def _produce_events(settings: Settings, topic: str, records: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from stream.replay import ensure_topic
+
+    await ensure_topic(settings, topic)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker_servers, linger_ms=5, **aiokafka_options(settings)
+    )
+    await producer.start()
+    try:
+        for i in range(records):
+            user = b"user-%d" % (i % 10_000)
+            value = b'{"event_id":"e%d","user_id":"%s","event_type":"view","ts":0}' % (i, user)
+            await producer.send(topic, key=user, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def faust_ceiling(settings: Settings, records: int) -> FaustCeiling:
+    """Runs a Faust worker in this process until it has received `records` events."""
+    import faust
+
+    from stream.app import create_app
+
+    settings = settings.for_run(f"bench-faust-{uuid.uuid4().hex[:8]}", table_store="memory://")
+    asyncio.run(_produce_events(settings, settings.topic_events, records))
+    app = create_app(settings)
+    topic = app.topic(settings.topic_events, key_type=bytes, value_type=bytes)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    seen, began = [0], [0.0, 0.0]
+    result: list[FaustCeiling] = []
+    stopping: list[asyncio.Future[None]] = []
+
+    @app.agent(topic)  # type: ignore[untyped-decorator]
+    async def receive(stream: faust.StreamT[bytes]) -> None:
+        windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
+        async for events in windows:
+            if not seen[0]:  # from the first window: group join stays out of the figure
+                began[:] = [time.perf_counter(), time.process_time()]
+            seen[0] += len(events)
+            if seen[0] >= records and not result:
+                wall = time.perf_counter() - began[0]
+                cpu = time.process_time() - began[1]
+                result.append(FaustCeiling(seen[0], seen[0] / wall, cpu / wall))
+                stopping.append(asyncio.ensure_future(worker.stop()))
+
+    with contextlib.suppress(SystemExit):  # how a mode worker ends once stopped
+        worker.execute_from_commandline()
+    if not result:
+        raise RuntimeError(f"the Faust worker stopped after {seen[0]} of {records} records")
+    return result[0]
 
 
 def sample_tokens(batch: int, length: int, seed: int = 0) -> npt.NDArray[np.int64]:

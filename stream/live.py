@@ -192,7 +192,7 @@ class LiveView:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self._settings.metrics_host}:{self._settings.metrics_port}/metrics"
+        return metrics_url(self._settings)
 
     @property
     def interactive(self) -> bool:
@@ -265,7 +265,7 @@ class LiveView:
 
     async def _scrape(self) -> WorkerMetrics | None:
         try:
-            text = await asyncio.to_thread(_fetch, self.metrics_url)
+            text = await asyncio.to_thread(fetch_text, self.metrics_url)
         except OSError:
             return None
         metrics = parse_worker_metrics(text)
@@ -304,7 +304,11 @@ def _records(batch: dict[Any, list[Any]]) -> Iterator[Any]:
         yield from records
 
 
-def _fetch(url: str) -> str:
+def metrics_url(settings: Settings) -> str:
+    return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+
+
+def fetch_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=1.0) as response:
         body: bytes = response.read()
     return body.decode()

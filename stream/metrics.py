@@ -28,6 +28,13 @@ WINDOW_USERS = Histogram(
 TRITON_LATENCY = Histogram(
     "clickscore_triton_latency_seconds", "One Triton request.", buckets=LATENCY_BUCKETS
 )
+WINDOW_STAGE = Histogram(
+    "clickscore_window_stage_seconds",
+    "Time one window spends in each stage: fold (parse, validate, load and apply), "
+    "dead_letters, score (Triton), results (Kafka and the database together), table.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
 EVENT_TO_SCORE = Histogram(
     "clickscore_event_to_score_seconds",
     "From the newest event's timestamp to its score being emitted.",

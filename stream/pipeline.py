@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from prometheus_client import Histogram
 
 from stream import metrics
 from stream.alerts import Alert, AlertRules, evaluate
@@ -57,6 +58,13 @@ def validation_limits(settings: Settings) -> ValidationLimits:
     )
 
 
+def _observe(stage: Histogram, name: str, started: float) -> float:
+    """Record the time since `started` under `name`; return now, the next stage's start."""
+    now = time.perf_counter()
+    stage.labels(name).observe(now - started)
+    return now
+
+
 class ScoringPipeline:
     def __init__(
         self,
@@ -89,6 +97,8 @@ class ScoringPipeline:
         return UserState.from_bytes(raw) if raw is not None else None
 
     async def process(self, messages: Sequence[Message]) -> None:
+        stage = metrics.WINDOW_STAGE
+        started = time.perf_counter()
         window = fold(
             messages,
             self._load,
@@ -98,13 +108,16 @@ class ScoringPipeline:
             now_ms=int(self._clock() * 1000),
         )
         self._record_window(messages, window)
+        started = _observe(stage, "fold", started)
         await self._publisher.dead_letters(window.rejected)
+        started = _observe(stage, "dead_letters", started)
         if not window.states:
             return
 
         users = list(window.states)
         states = [window.states[user] for user in users]
         model = await self._scorer.score(stack_padded(states, self._settings.sequence_length))
+        started = _observe(stage, "score", started)
         scores, alerts = self._results(users, states, model)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
@@ -116,9 +129,11 @@ class ScoringPipeline:
         for event in window.newest_event.values():
             metrics.EVENT_TO_SCORE.observe(max(0.0, emitted - event.ts_ms / 1000))
         metrics.SCORES_EMITTED.inc(len(scores))
+        started = _observe(stage, "results", started)
 
         for user, state in zip(users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), window.partitions[user])
+        _observe(stage, "table", started)
 
     def _results(
         self, users: list[str], states: list[UserState], model: ModelScores

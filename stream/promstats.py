@@ -144,3 +144,17 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         assigned_partitions=lag_partitions,
         **histograms,
     )
+
+
+def stage_means(text: str) -> dict[str, float]:
+    """Mean seconds per window of each `clickscore_window_stage_seconds` stage."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage")
+            if sample.name == "clickscore_window_stage_seconds_sum" and stage:
+                sums[stage] = float(sample.value)
+            elif sample.name == "clickscore_window_stage_seconds_count" and stage:
+                counts[stage] = float(sample.value)
+    return {stage: sums[stage] / counts[stage] for stage in sums if counts.get(stage)}

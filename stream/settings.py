@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Kafka producer batch bytes (1 makes tansu restore tables exactly).",
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        20, ge=0, description="Longest the broker may hold a fetch that finds no records."
+    )
     stream_buffer_maxsize: int = Field(
         4096, ge=1, description="Events buffered per partition before consumption pauses."
     )

@@ -66,6 +66,12 @@ class Scores:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def leading_padding(tokens: torch.Tensor) -> int:
+    """How many leading columns are padding in every row (the newest column always stays)."""
+    used = (tokens[:, :-1, 0] != PAD).any(dim=0).nonzero()
+    return int(used[0]) if used.numel() else tokens.shape[1] - 1
+
+
 class ClickscoreModel(nn.Module):
     anomaly_quantiles: torch.Tensor
 
@@ -100,8 +106,13 @@ class ClickscoreModel(nn.Module):
         # Surprise -> 0..1 through normal traffic's quantiles; set by calibrate().
         self.register_buffer("anomaly_quantiles", torch.zeros(QUANTILES))
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (batch, length, fields) int -> hidden states (batch, length, hidden)."""
+    def encode(self, tokens: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        """tokens (batch, length, fields) int -> hidden states (batch, length, hidden).
+
+        `first_position` is the position of the first column: `score` drops the columns that
+        are padding in every row and passes how many it dropped, so each event keeps the
+        position embedding it was trained with.
+        """
         tokens = tokens.long()
         if self.training and self.config.identity_dropout:
             hide = torch.rand(tokens.shape[:2], device=tokens.device) < self.config.identity_dropout
@@ -112,12 +123,17 @@ class ClickscoreModel(nn.Module):
         present = tokens[:, :, 0] != PAD
         # The newest position always attends, so an empty sequence still has defined output.
         present[:, -1] = True
-        out = self.encoder(inputs_embeds=embeds, attention_mask=present.long())
+        positions = torch.arange(tokens.shape[1], device=tokens.device) + first_position
+        out = self.encoder(
+            inputs_embeds=embeds,
+            attention_mask=present.long(),
+            position_ids=positions.unsqueeze(0).expand(tokens.shape[0], -1),
+        )
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
 
-    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        hidden = self.encode(tokens)
+    def forward(self, tokens: torch.Tensor, first_position: int = 0) -> dict[str, torch.Tensor]:
+        hidden = self.encode(tokens, first_position)
         last = hidden[:, -1]
         present = (tokens[:, :, 0] != PAD).unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * present).sum(dim=1) / present.sum(dim=1).clamp(min=1.0)
@@ -133,7 +149,7 @@ class ClickscoreModel(nn.Module):
     def field_logits(self, hidden: torch.Tensor) -> list[torch.Tensor]:
         return [head(hidden) for head in self.field_heads]
 
-    def surprise(self, tokens: torch.Tensor) -> torch.Tensor:
+    def surprise(self, tokens: torch.Tensor, first_position: int = 0) -> torch.Tensor:
         """Mean NLL of the true fields of the last k present events, all k masked at once."""
         tokens = tokens.long()
         k = min(self.config.anomaly_last_k, tokens.shape[1])
@@ -141,7 +157,7 @@ class ClickscoreModel(nn.Module):
         present = (recent[:, :, 0] != PAD).to(torch.float32)
         masked = tokens.clone()
         masked[:, -k:] = torch.where(recent[:, :, :1] != PAD, MASK, recent)
-        hidden = self.encode(masked)[:, -k:]
+        hidden = self.encode(masked, first_position)[:, -k:]
         nll = torch.zeros(recent.shape[:2], dtype=torch.float32, device=hidden.device)
         for i, logits in enumerate(self.field_logits(hidden)):
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -169,8 +185,14 @@ class ClickscoreModel(nn.Module):
 
     @torch.no_grad()
     def score(self, tokens: torch.Tensor) -> Scores:
-        out = self.forward(tokens)
-        surprise = self.surprise(tokens)
+        # Left padding that every row shares changes no output (padded keys are masked out
+        # of attention), so it is not computed: a batch of short sequences costs what they
+        # hold. (Grouping rows by length as well was slower on the CPU: every group pays
+        # the encoder's fixed cost of about 6 ms; see BENCHMARKS.md.)
+        first = leading_padding(tokens)
+        tokens = tokens[:, first:]
+        out = self.forward(tokens, first)
+        surprise = self.surprise(tokens, first)
         return Scores(
             churn=torch.sigmoid(out["churn"].float()),
             purchase=torch.sigmoid(out["purchase"].float()),

@@ -94,6 +94,17 @@ def load(run_dir: Path, name: str) -> ProcessRecord | None:
     return ProcessRecord(**json.loads(path.read_text()))
 
 
+def peak_rss_bytes(record: ProcessRecord) -> int | None:
+    """The process's peak resident set (VmHWM), while it runs."""
+    try:
+        for line in Path(f"/proc/{record.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def is_alive(record: ProcessRecord) -> bool:
     _reap(record.pid)
     return _start_ticks(record.pid) == record.start_ticks

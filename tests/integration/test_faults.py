@@ -142,6 +142,41 @@ async def test_repeated_sigkill_loses_and_duplicates_nothing(
     assert result.kafka_alerts >= result.pg_alerts
 
 
+async def test_restarts_on_a_waiting_backlog_lose_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A worker that starts with its table's changelog non-empty and events already waiting
+    must read them all: the path stream/recovery.py guards (Faust's recovery seeks the
+    stream partitions while its fetcher runs). A lost event shows as a user whose score
+    never covers all of their events; a stalled partition as the same, with its committed
+    offset short of the end in the failure report."""
+    settings = worker_settings(settings)  # memory store: every start restores the changelog
+    await prepare(settings)
+    now_ms = int(time.time() * 1000)
+    traffic = build_traffic(now_ms, users=scale(200, 1000), events_per_user=6)
+    restarts = scale(4, 10)
+    chunk = len(traffic.records) // restarts + 1
+    log = tmp_path / "worker.log"
+    for n in range(restarts):
+        produced = traffic.records[: (n + 1) * chunk]
+        # The backlog is waiting before the worker starts, which restores its table first.
+        await produce(settings, settings.topic_events, traffic.records[n * chunk : (n + 1) * chunk])
+        worker = WorkerProcess(settings, log).start()
+        try:
+            counts = await wait_until_scored(
+                settings, dict(valid_counts(produced, now_ms)), worker, timeout_s=90
+            )
+        finally:
+            worker.stop()
+        print(f"start {n + 1}: {sum(counts.values())} events scored")
+
+    assert counts == dict(traffic.events_per_user)
+    assert await committed_total(settings) == len(traffic.records)
+    expected = dict(traffic.events_per_user)
+    result = await tally(settings, f"restart on a backlog x{restarts}", expected)
+    assert (result.lost, result.duplicated) == (0, 0)
+
+
 # --- 2. PostgreSQL stopped mid-stream --------------------------------------------------------
 
 

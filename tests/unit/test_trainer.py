@@ -92,3 +92,44 @@ def test_tiny_training_beats_chance_quickly() -> None:
     assert churn > 0.6 and purchase > 0.6, (churn, purchase)
     assert ((scores["anomaly"] >= 0) & (scores["anomaly"] <= 1)).all()
     assert time.monotonic() - started < 60
+
+
+def _left_padded(lengths: list[int], config: model.ModelConfig, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.zeros((len(lengths), config.sequence_length, len(config.field_sizes)))
+    for row, length in enumerate(lengths):
+        for f, size in enumerate(config.field_sizes):
+            ids = torch.randint(2, size, (length,), generator=generator)
+            tokens[row, config.sequence_length - length :, f] = ids
+    return tokens.long()
+
+
+def test_leading_padding_counts_columns_padded_in_every_row() -> None:
+    config = model.ModelConfig(field_sizes=tk.Vocabulary().field_sizes, sequence_length=16)
+    assert model.leading_padding(_left_padded([3, 5, 2], config, seed=0)) == 11
+    assert model.leading_padding(_left_padded([16, 1], config, seed=0)) == 0
+    # An all-empty batch keeps its newest column, which the encoder always attends.
+    assert model.leading_padding(_left_padded([0, 0], config, seed=0)) == 15
+
+
+def test_scoring_without_padding_changes_no_score() -> None:
+    torch.manual_seed(0)
+    config = model.ModelConfig(field_sizes=tk.Vocabulary().field_sizes, sequence_length=32)
+    network = model.ClickscoreModel(config).eval()
+    network.calibrate(torch.linspace(0.5, 3.0, 200))
+    # Short rows only (23 shared padding columns are dropped), then with one full row too.
+    for lengths in ([1, 2, 5, 9, 3, 0], [1, 2, 5, 9, 3, 32]):
+        tokens = _left_padded(lengths, config, seed=1)
+        with torch.inference_mode():
+            trimmed = network.score(tokens)
+            full = network.forward(tokens)  # every column, positions from 0
+            full_surprise = network.surprise(tokens)
+        churn, purchase = torch.sigmoid(full["churn"]), torch.sigmoid(full["purchase"])
+        torch.testing.assert_close(trimmed.churn, churn, atol=1e-5, rtol=0)
+        torch.testing.assert_close(trimmed.purchase, purchase, atol=1e-5, rtol=0)
+        torch.testing.assert_close(trimmed.surprise, full_surprise, atol=1e-5, rtol=0)
+    # Without the position offset the trimmed columns would read other positions' embeddings.
+    short = tokens[:5]
+    with torch.inference_mode():
+        shifted = network.forward(short[:, model.leading_padding(short) :])
+    assert not torch.allclose(torch.sigmoid(shifted["churn"]), trimmed.churn[:5], atol=1e-4)
