@@ -11,13 +11,17 @@ from stream.transport import ClickscoreApp
 
 
 def create_app(settings: Settings) -> faust.App:
+    worker_folder = f"{settings.consumer_group}-{settings.worker_web_port}"
     return ClickscoreApp(
         settings.consumer_group,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
-        datadir=str(settings.run_dir / "worker-data"),
+        # The RocksDB table files belong to one consumer group's changelog (a new group, or
+        # recreated topics, must not open them) and to one worker process (RocksDB locks
+        # them): a folder per group and per worker port, which is distinct per worker on a host.
+        datadir=str(settings.run_dir / "worker-data" / worker_folder),
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",

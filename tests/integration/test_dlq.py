@@ -62,9 +62,8 @@ async def test_replay_after_a_fix_scores_every_event_once(
     assert reasons == {"timestamp_out_of_range": 100, "bad_json": 3}
 
     # The fix is deployed (the default 30-day limit), and once the fixed worker is up, the
-    # dead letters are replayed in two steps, then once more: the operators' order. (With
-    # the replayed events already waiting, a restarted worker has been seen to lose some:
-    # docs/reliability.md, "Open: events lost at worker start-up".)
+    # dead letters are replayed in two steps, then once more: the operators' order. (A worker
+    # started with the replayed events already waiting is test_faults.py's restart test.)
     fixed = base_worker_settings(settings)
     worker = WorkerProcess(fixed, log).start()
     try:
