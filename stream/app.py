@@ -11,17 +11,19 @@ from stream.transport import ClickscoreApp
 
 
 def create_app(settings: Settings) -> faust.App:
-    worker_folder = f"{settings.consumer_group}-{settings.worker_web_port}"
+    # The RocksDB table files belong to one consumer group's changelog (a new group, or
+    # recreated topics, must not open them) and to one worker process (RocksDB locks them):
+    # a folder per group and per worker port, which is distinct per worker on a host.
+    data = settings.run_dir / "worker-data"
+    data.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    worker_folder = data / f"{settings.consumer_group}-{settings.worker_web_port}"
     return ClickscoreApp(
         settings.consumer_group,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
-        # The RocksDB table files belong to one consumer group's changelog (a new group, or
-        # recreated topics, must not open them) and to one worker process (RocksDB locks
-        # them): a folder per group and per worker port, which is distinct per worker on a host.
-        datadir=str(settings.run_dir / "worker-data" / worker_folder),
+        datadir=str(worker_folder),
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",

@@ -1,14 +1,22 @@
-"""`clickscore bench broker | triton` against the real broker and tritonserver (figures are
-not asserted: these machines are noisy; the commands must work and count what they did)."""
+"""`clickscore bench broker | faust | triton | latency` against the real services (figures
+are not asserted: these machines are noisy; the commands must work and count what they did)."""
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from stream.ceilings import broker_ceiling, sample_tokens, triton_grid
+from stream.latency import measure_rate, rate_events
 from stream.settings import Settings
 from stream.tokenizer import Vocabulary
+from tests.support.checks import prepare, worker_settings
+from trainer.synthetic import SyntheticConfig, generate
 
 pytestmark = pytest.mark.integration
 
@@ -31,3 +39,27 @@ async def test_triton_grid_measures_every_point(stack_settings: Settings) -> Non
     for p in points:
         assert p.requests >= p.concurrency  # each closed-loop client finished at least one
         assert p.sequences_per_s > 0 and 0 < p.p50_ms <= p.p99_ms
+
+
+def test_faust_ceiling_receives_every_record(settings: Settings) -> None:
+    # A Faust worker owns its process's event loop and signals: run the command as a child.
+    env = {**os.environ, **settings.as_environment()}
+    argv = [sys.executable, "-m", "stream.cli", "bench", "faust", "--records", "3000"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    received = re.search(r"received: ([\d,]+) events/s at (\d+)% of one core", done.stdout)
+    assert received is not None, done.stdout
+    assert int(received.group(1).replace(",", "")) > 0
+
+
+async def test_latency_bench_measures_an_offered_rate(settings: Settings) -> None:
+    settings = worker_settings(settings)
+    await prepare(settings)
+    history, _ = generate(SyntheticConfig(users=40, days=2, seed=3))
+    events = rate_events(history, rate=200, seconds=3, prefix="t-")
+    point = await measure_rate(settings, events, rate=200, timeout_s=120)
+    assert point.events == 600 and point.achieved_per_s > 0
+    p50, p95, p99 = point.score_ms
+    assert 0 < p50 <= p95 <= p99
+    assert point.window_events > 0
+    assert {"fold", "score", "results", "table"} <= set(point.stage_ms)

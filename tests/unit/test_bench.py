@@ -1,0 +1,35 @@
+"""The pure parts of `clickscore bench latency | table`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from stream.events import Event
+from stream.latency import newest_sent_s, percentiles_ms, rate_events
+from stream.scaling import measure_table
+
+
+def test_rate_events_takes_the_newest_and_prefixes_ids() -> None:
+    events = [Event(f"e{i}", f"u{i % 3}", 1_000 * (10 - i), "view") for i in range(10)]
+    chosen = rate_events(events, rate=2, seconds=2, prefix="r1-")
+    assert [e.ts_ms for e in chosen] == [7_000, 8_000, 9_000, 10_000]
+    assert [e.event_id for e in chosen] == ["r1-e3", "r1-e2", "r1-e1", "r1-e0"]
+    assert {e.user_id for e in chosen} == {"r1-u0", "r1-u1", "r1-u2"}
+
+
+def test_percentiles_and_the_newest_sent_event() -> None:
+    assert percentiles_ms([0.001 * i for i in range(1, 101)]) == pytest.approx((50.5, 95.05, 99.01))
+    assert all(math.isnan(v) for v in percentiles_ms([]))
+    sent = {"a": 1_000, "b": 3_000}
+    assert newest_sent_s(["a", "b", "unknown"], sent) == 3.0
+    assert newest_sent_s(["unknown"], sent) is None
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_table_bench_fills_and_folds(store: str) -> None:
+    point = measure_table(store, users=300, updates=200, length=64)
+    assert (point.store, point.users, point.sequence_bytes) == (store, 300, 64 * 6 * 2)
+    assert point.state_bytes > point.sequence_bytes  # header and remembered ids on top
+    assert point.update_us > 0 and point.fill_s >= 0
