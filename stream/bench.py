@@ -1,4 +1,4 @@
-"""`clickscore bench worker | broker | triton`: end-to-end worker throughput, raw ceilings.
+"""`clickscore bench`: end-to-end worker throughput and latency, the table, raw ceilings.
 
 `bench worker` measures one worker process end to end on the local stack (below);
 `bench latency` its latency at offered rates (stream/latency.py); `bench broker`, `bench faust`

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-import numpy as np
 from sqlalchemy import select
 
 from stream.bench import bench_settings
+from stream.ceilings import percentile_ms
 from stream.db.models import Alert
 from stream.events import Event
 from stream.live import fetch_text, metrics_url
@@ -65,11 +65,11 @@ class LatencyPoint:
         return self.drain_s > SATURATED_AFTER_S
 
 
-def percentiles_ms(latencies_s: Sequence[float]) -> tuple[float, float, float]:
+def percentiles_ms(latencies_s: list[float]) -> tuple[float, float, float]:
     if not latencies_s:
         return (float("nan"), float("nan"), float("nan"))
-    p50, p95, p99 = np.percentile(np.array(latencies_s) * 1000, [50, 95, 99])
-    return float(p50), float(p95), float(p99)
+    p50, p95, p99 = (percentile_ms(latencies_s, q) for q in (50, 95, 99))
+    return p50, p95, p99
 
 
 def newest_sent_s(event_ids: Sequence[str], sent_ms: dict[str, int]) -> float | None:
