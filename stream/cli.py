@@ -62,7 +62,7 @@ def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.worker import run_worker
+    from stream.worker.main import run_worker
 
     run_worker(settings)
     return 0
@@ -73,7 +73,7 @@ def _actions(settings: Settings, args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from stream.actions import run_actions
+    from stream.ops.actions import run_actions
 
     async def serve() -> None:
         # A signal only sets the event: the batch in hand finishes and its offsets commit.
@@ -89,7 +89,7 @@ def _actions(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.demo import DemoOptions, run_demo
+    from stream.demo.run import DemoOptions, run_demo
 
     options = DemoOptions(
         users=args.users,
@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "actions", help="turn churn alerts into retention actions (database, webhook)"
     ).set_defaults(handler=_actions)
-    from stream import bench, dlq, replay
+    from stream.bench import cli as bench
+    from stream.ops import dlq, replay
     from trainer import cli as trainer_cli  # its handlers import torch lazily, not this
 
     bench.add_parsers(commands)

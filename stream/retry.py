@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-from stream import metrics
+from stream.worker import metrics
 
 T = TypeVar("T")
 

@@ -79,7 +79,7 @@ def _train_args(args: argparse.Namespace) -> object:
 
 
 def run_train(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.bars import StepBars
+    from stream.console import StepBars
     from trainer import promote
     from trainer.refresh import TrainArgs, train_candidate
 

@@ -1,8 +1,8 @@
 """Events -> model examples, built exactly as the worker builds its input.
 
-Every sequence comes from stream.state.apply_event + stack_padded: a cut-off T is the time of
-one of the user's events, the state after that event is what the worker would send to Triton,
-and the labels look only at the user's events after T (h = churn_horizon_ms):
+Every sequence comes from stream.contract.state.apply_event + stack_padded: a cut-off T is the
+time of one of the user's events, the state after that event is what the worker would send to
+Triton, and the labels look only at the user's events after T (h = churn_horizon_ms):
 
     churn          the user stops within h: their last event is at most h after T, and the
                    data then shows at least h more of silence (so a quiet spell that ends is
@@ -33,9 +33,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from stream.events import Event
-from stream.state import UserState, apply_event, stack_padded
-from stream.tokenizer import EVENT_TYPES, MASK, NONE, NUM_SPECIAL, PAD, Vocabulary
+from stream.contract.events import Event
+from stream.contract.state import UserState, apply_event, stack_padded
+from stream.contract.tokenizer import EVENT_TYPES, MASK, NONE, NUM_SPECIAL, PAD, Vocabulary
 
 IGNORE = -100  # torch's cross-entropy ignore_index
 HOUR_MS = 3_600_000

@@ -3,7 +3,7 @@
 churn / purchase  ROC-AUC, PR-AUC, log-loss, expected calibration error (10 bins), against
                   logistic regression and gradient boosting on RFM features (data.FEATURES)
 anomaly           precision / recall / ROC-AUC per injected kind, against the burst rule
-                  (state.rate_per_s >= burst_events_per_s, as stream/alerts.py)
+                  (state.rate_per_s >= burst_events_per_s, as stream/worker/alerts.py)
 next click        HR@20 / MRR@20 over hashed ITEM BUCKETS (the model predicts buckets, so
                   the popularity and item-kNN baselines are scored on buckets too)
 """
@@ -23,9 +23,9 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from stream.events import Event
-from stream.state import UserState, apply_event, stack_padded
-from stream.tokenizer import Vocabulary
+from stream.contract.events import Event
+from stream.contract.state import UserState, apply_event, stack_padded
+from stream.contract.tokenizer import Vocabulary
 from trainer.data import Examples, NextClicks
 
 K = 20

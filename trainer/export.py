@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stream.tokenizer import Vocabulary
+from stream.contract.tokenizer import Vocabulary
 from trainer import model as network_module
 from trainer.model import ClickscoreModel, ModelConfig
 

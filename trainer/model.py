@@ -3,7 +3,7 @@
 Self-contained on purpose (torch and transformers only): the exporter copies this file beside
 the weights as `network.py`, so a Triton version folder never depends on the checkout.
 
-Each event is six tokens (stream/tokenizer.py's FIELDS order); its embedding is the sum of
+Each event is six tokens (stream/contract/tokenizer.py's FIELDS order); its embedding is the sum of
 one embedding per field, and BERT adds the position. Sequences are left-padded, so the newest
 event always sits at the last position and is the one the heads read.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-PAD = 0  # stream.tokenizer.PAD / MASK (checked by a unit test; not imported, see above)
+PAD = 0  # stream.contract.tokenizer.PAD / MASK (checked by a unit test; not imported, see above)
 MASK = 1
 ITEM_FIELD = 1
 CATEGORY_FIELD = 2
@@ -36,7 +36,7 @@ ANOMALY_EXPONENT = math.log(ALERT_SCORE) / math.log(1.0 - ALERT_TAIL)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    field_sizes: tuple[int, ...]  # stream.tokenizer.Vocabulary.field_sizes
+    field_sizes: tuple[int, ...]  # stream.contract.tokenizer.Vocabulary.field_sizes
     sequence_length: int = 64
     hidden: int = 64
     layers: int = 2

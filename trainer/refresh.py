@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream.events import Event, ValidationLimits, parse_event
+from stream.contract.events import Event, ValidationLimits, parse_event
+from stream.contract.tokenizer import Vocabulary
 from stream.kafka_security import aiokafka_options
 from stream.settings import Settings
-from stream.tokenizer import Vocabulary
 from trainer import data, export, promote
 from trainer.model import ModelConfig
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
@@ -31,7 +31,7 @@ _ANY_TIME = ValidationLimits(max_age_s=1 << 40, max_future_s=1 << 40)
 
 @dataclass(frozen=True)
 class TrainArgs:
-    data: str = "synthetic"  # "synthetic", "topic", or a trainer.loaders format
+    data: str = "synthetic"  # "synthetic", "topic", or a stream.datasets.loaders format
     path: Path | None = None
     users: int = 2000  # synthetic only
     days: int = 14
@@ -86,7 +86,7 @@ def load_events(
 ) -> tuple[list[Event], dict[str, tuple[str, int] | None], dict[str, Any]]:
     """Events (time-sorted), known anomalies per user, and a description for the export."""
     if args.data == "synthetic":
-        from trainer.synthetic import SyntheticConfig, generate
+        from stream.datasets.synthetic import SyntheticConfig, generate
 
         config = SyntheticConfig(users=args.users, days=args.days, seed=args.seed)
         events, truth = generate(config)
@@ -100,7 +100,7 @@ def load_events(
         events = read_topic(settings, settings.train_history_events)
         desc = {"source": f"topic {settings.topic_events}"}
     else:
-        from trainer.loaders import load, sort_by_time
+        from stream.datasets.loaders import load, sort_by_time
 
         if args.path is None:
             raise ValueError(f"--data {args.data} needs a PATH")

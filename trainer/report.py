@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from stream.events import Event
+from stream.contract.events import Event
+from stream.contract.tokenizer import Vocabulary
+from stream.datasets.loaders import load, sort_by_time
 from stream.settings import Settings
-from stream.tokenizer import Vocabulary
 from trainer import data, evaluate
-from trainer.loaders import load, sort_by_time
 from trainer.refresh import TrainArgs, configs, load_events, split
 from trainer.train import fit, predict
 

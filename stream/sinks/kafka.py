@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Sequence
 
-from stream.alerts import Alert, alert_to_json
-from stream.events import Rejection
+from stream.contract.events import Rejection
 from stream.retry import retry_forever
-from stream.scores import Score, score_to_json
 from stream.settings import Settings
-from stream.window import Message
+from stream.worker.alerts import Alert, alert_to_json
+from stream.worker.scores import Score, score_to_json
+from stream.worker.window import Message
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from stream.alerts import Alert
 from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
 from stream.retry import retry_forever
-from stream.scores import Score
 from stream.settings import Settings
+from stream.worker.alerts import Alert
+from stream.worker.scores import Score
 
 log = logging.getLogger(__name__)
 

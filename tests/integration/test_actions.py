@@ -17,11 +17,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stream.actions import ActionStats, run_actions
-from stream.alerts import Alert, alert_to_json
 from stream.db import migrate
 from stream.db.models import RetentionAction
+from stream.ops.actions import ActionStats, run_actions
 from stream.settings import Settings
+from stream.worker.alerts import Alert, alert_to_json
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from stream.ceilings import broker_ceiling, sample_tokens, triton_grid
-from stream.latency import measure_rate, rate_events
+from stream.bench.ceilings import broker_ceiling, sample_tokens, triton_grid
+from stream.bench.latency import measure_rate, rate_events
+from stream.contract.tokenizer import Vocabulary
+from stream.datasets.synthetic import SyntheticConfig, generate
 from stream.settings import Settings
-from stream.tokenizer import Vocabulary
 from tests.support.checks import prepare, worker_settings
-from trainer.synthetic import SyntheticConfig, generate
 
 pytestmark = pytest.mark.integration
 

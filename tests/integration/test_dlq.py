@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream import dlq
-from stream.events import Event, event_to_json
+from stream.contract.events import Event, event_to_json
+from stream.ops import dlq
 from stream.settings import Settings
 from tests.support.checks import prepare, scored_event_counts, tally, wait_until_scored
 from tests.support.checks import worker_settings as base_worker_settings

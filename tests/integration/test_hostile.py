@@ -11,11 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.events import REASONS, Event, Rejection, event_to_json, parse_event
-from stream.pipeline import validation_limits
+from stream.contract.events import REASONS, Event, Rejection, event_to_json, parse_event
+from stream.contract.state import UserState
 from stream.settings import Settings
-from stream.state import UserState
-from stream.tables import TABLE_NAME
+from stream.worker.pipeline import validation_limits
+from stream.worker.tables import TABLE_NAME
 from tests.support.checks import (
     alert_rows,
     expected_alerts,

@@ -17,10 +17,10 @@ import pytest
 import torch
 import tritonclient.grpc.aio as grpcclient
 
+from stream.contract.tokenizer import Vocabulary
 from stream.db import migrate
 from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local
-from stream.tokenizer import Vocabulary
 from tests.conftest import free_port, make_settings
 from trainer import export, promote
 from trainer.data import Examples

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from stream.events import Event, ValidationLimits, parse_event
-from stream.replay import add_parsers, replay
+from stream.contract.events import Event, ValidationLimits, parse_event
+from stream.datasets.synthetic import SyntheticConfig, generate, read_jsonl
+from stream.ops.replay import add_parsers, replay
 from stream.settings import Settings
 from tests.support.kafka import read_all
-from trainer.synthetic import SyntheticConfig, generate, read_jsonl
 
 pytestmark = pytest.mark.integration
 

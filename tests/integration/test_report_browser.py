@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.report import ModelEvaluation, ReportData, precision_recall, write_report
+from stream.demo.report import ModelEvaluation, ReportData, precision_recall, write_report
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.contract.tokenizer import NUM_FIELDS
 from stream.settings import Settings
 from stream.stack import local, process, triton
-from stream.tokenizer import NUM_FIELDS
-from stream.triton_client import TritonScorer
+from stream.worker.triton_client import TritonScorer
 from tests.conftest import free_port, make_settings
 
 pytestmark = pytest.mark.integration

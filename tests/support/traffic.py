@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from stream.events import Event, ValidationLimits, event_to_json, parse_event
+from stream.contract.events import Event, ValidationLimits, event_to_json, parse_event
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000

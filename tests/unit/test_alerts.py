@@ -5,7 +5,10 @@ import math
 import orjson
 import pytest
 
-from stream.alerts import (
+from stream.contract.events import Event
+from stream.contract.state import UserState, apply_event
+from stream.contract.tokenizer import Vocabulary
+from stream.worker.alerts import (
     ALERT_SCHEMA_VERSION,
     Alert,
     AlertRules,
@@ -13,9 +16,6 @@ from stream.alerts import (
     alert_to_json,
     evaluate,
 )
-from stream.events import Event
-from stream.state import UserState, apply_event
-from stream.tokenizer import Vocabulary
 
 VOCAB = Vocabulary()
 RULES = AlertRules(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from stream.app import create_app
+from stream.worker.app import create_app
 from tests.conftest import make_settings
 
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from stream.events import Event
-from stream.latency import newest_sent_s, percentiles_ms, rate_events
-from stream.scaling import measure_table
+from stream.bench.latency import newest_sent_s, percentiles_ms, rate_events
+from stream.bench.scaling import measure_table
+from stream.contract.events import Event
 
 
 def test_rate_events_takes_the_newest_and_prefixes_ids() -> None:

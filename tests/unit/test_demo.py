@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.demo import DemoOptions, _clickstream, _has_model
+from stream.demo.run import DemoOptions, _clickstream, _has_model
 from tests.conftest import make_settings
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream import events
-from stream.events import Event, Rejection, ValidationLimits, event_to_json, parse_event
+from stream.contract import events
+from stream.contract.events import Event, Rejection, ValidationLimits, event_to_json, parse_event
 
 NOW_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 LIMITS = ValidationLimits()

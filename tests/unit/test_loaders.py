@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.events import Event
-from trainer.loaders import FORMATS, LoadStats, load, sort_by_time
-from trainer.synthetic import write_jsonl
+from stream.contract.events import Event
+from stream.datasets.loaders import FORMATS, LoadStats, load, sort_by_time
+from stream.datasets.synthetic import write_jsonl
 
 # Each case: file name, text, expected (user_id, ts_ms, event_type, item_id) in file order.
 CASES: dict[str, tuple[str, str, list[tuple[str, int, str, str | None]]]] = {

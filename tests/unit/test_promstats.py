@@ -7,11 +7,11 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from stream.live import LiveState, plain_line, snapshot
-from stream.promstats import (
+from stream.demo.live import LiveState, plain_line, snapshot
+from stream.ops.promstats import (
     Histogram as Buckets,
 )
-from stream.promstats import (
+from stream.ops.promstats import (
     histogram_of,
     histogram_quantile,
     parse_worker_metrics,

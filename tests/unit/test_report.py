@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.report import (
+from stream.demo.report import (
     Figure,
     ModelEvaluation,
     ReportData,
@@ -16,7 +16,7 @@ from stream.report import (
     precision_recall,
     quantile,
 )
-from stream.report_data import served_model_evaluation
+from stream.demo.report_data import served_model_evaluation
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 

@@ -5,8 +5,8 @@ import itertools
 
 import pytest
 
-from stream import metrics
 from stream.retry import backoff_delays, retry_forever
+from stream.worker import metrics
 
 
 def test_backoff_doubles_up_to_the_cap_within_its_jitter() -> None:

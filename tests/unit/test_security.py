@@ -13,14 +13,14 @@ import numpy.typing as npt
 import pytest
 from pydantic import ValidationError
 
-from stream.alerts import Alert
 from stream.kafka_security import aiokafka_options, faust_credentials
-from stream.pipeline import ScoringPipeline
-from stream.pseudonym import Pseudonymiser
-from stream.scores import Score
 from stream.settings import PROJECT_ROOT, Settings
-from stream.triton_client import ModelScores
-from stream.window import Message
+from stream.worker.alerts import Alert
+from stream.worker.pipeline import ScoringPipeline
+from stream.worker.pseudonym import Pseudonymiser
+from stream.worker.scores import Score
+from stream.worker.triton_client import ModelScores
+from stream.worker.window import Message
 from tests.conftest import make_settings
 
 NOW_MS = 1_800_000_000_000

@@ -7,16 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream import tokenizer as tk
-from stream.events import Event
-from stream.state import (
+from stream.contract import tokenizer as tk
+from stream.contract.events import Event
+from stream.contract.state import (
     DEFAULT_MAX_IDS,
     UserState,
     apply_event,
     event_id_hash,
     stack_padded,
 )
-from stream.tokenizer import NUM_FIELDS, Vocabulary, tokenize
+from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, tokenize
 
 VOCAB = Vocabulary()
 T0 = 1_700_000_000_000

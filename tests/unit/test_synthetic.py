@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.events import Event, ValidationLimits, event_to_json, parse_event
-from trainer.synthetic import (
+from stream.contract.events import Event, ValidationLimits, event_to_json, parse_event
+from stream.datasets.synthetic import (
     DAY_MS,
     SyntheticConfig,
     UserTruth,

@@ -9,9 +9,9 @@ from zlib import crc32
 
 import pytest
 
-from stream import tokenizer as tk
-from stream.events import Event
-from stream.tokenizer import FIELDS, NUM_FIELDS, Vocabulary, tokenize
+from stream.contract import tokenizer as tk
+from stream.contract.events import Event
+from stream.contract.tokenizer import FIELDS, NUM_FIELDS, Vocabulary, tokenize
 
 VOCAB = Vocabulary()
 T0 = 1_700_000_000_000
@@ -95,7 +95,8 @@ def test_item_and_category_buckets_are_crc32() -> None:
 def test_item_bucket_stable_across_processes() -> None:
     # Python's hash() is salted per process; the bucket must not be.
     code = (
-        "from stream.events import Event; from stream.tokenizer import Vocabulary, tokenize;"
+        "from stream.contract.events import Event; "
+        "from stream.contract.tokenizer import Vocabulary, tokenize;"
         "print(tokenize(Event('e','u',0,'view','sku-1','cat'), None, Vocabulary())[1:3])"
     )
     out = {

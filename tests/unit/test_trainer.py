@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from stream import tokenizer as tk
-from stream.events import Event
-from stream.state import apply_event, stack_padded
+from stream.contract import tokenizer as tk
+from stream.contract.events import Event
+from stream.contract.state import apply_event, stack_padded
 from tests.conftest import make_settings
 from trainer import data, model
 from trainer.refresh import TrainArgs, configs, load_events, split

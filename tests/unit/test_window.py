@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 
-from stream.events import Event, ValidationLimits, event_to_json
-from stream.state import UserState, apply_event
-from stream.tokenizer import Vocabulary
-from stream.window import KEY_MISMATCH, Message, fold
+from stream.contract.events import Event, ValidationLimits, event_to_json
+from stream.contract.state import UserState, apply_event
+from stream.contract.tokenizer import Vocabulary
+from stream.worker.window import KEY_MISMATCH, Message, fold
 
 VOCAB = Vocabulary()
 NOW = 1_700_000_000_000

@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys
-import stream.cli, stream.worker, stream.actions, stream.replay
+import stream.cli, stream.worker.main, stream.ops.actions, stream.ops.replay
 stream.cli.build_parser()
 heavy = sorted(m for m in ("torch", "transformers", "sklearn", "peft") if m in sys.modules)
 print(",".join(heavy))

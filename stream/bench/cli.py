@@ -1,0 +1,175 @@
+"""`clickscore bench`: its subcommands and their printed figures.
+
+`bench worker` measures one worker process end to end (stream/bench/worker.py); `bench
+latency` its latency at offered rates (stream/bench/latency.py); `bench table` the user
+table at 10k-1M users (stream/bench/scaling.py); `bench broker`, `bench faust` and `bench
+triton` measure the ceilings under it (stream/bench/ceilings.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+
+from stream.bench.worker import bench_worker, describe_machine
+from stream.settings import Settings
+
+
+def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
+    settings = settings.model_copy(update={"table_store": args.store})
+    result = asyncio.run(bench_worker(settings, args.users, args.days, args.seed, args.timeout))
+    print(f"machine:      {describe_machine()}")
+    print(f"events:       {result.events} from {result.users} synthetic users")
+    print(f"produce:      {result.produce_s:.1f} s")
+    print(f"start-up:     {result.startup_s:.1f} s (worker start to first score)")
+    print(f"scoring:      {result.scoring_s:.1f} s")
+    print(f"throughput:   {result.events_per_s:,.0f} events/s end to end")
+    if result.peak_rss_bytes is not None:
+        print(f"worker peak:  {result.peak_rss_bytes / 2**20:,.0f} MiB resident")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def _broker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.ceilings import broker_ceiling
+
+    result = asyncio.run(broker_ceiling(settings, args.records, args.bytes))
+    print(f"machine:  {describe_machine()}")
+    print(f"records:  {result.records:,} of {result.record_bytes} bytes, one topic")
+    print(f"produce:  {result.produce_per_s:,.0f} records/s (one aiokafka producer)")
+    print(f"consume:  {result.consume_per_s:,.0f} records/s (one aiokafka consumer)")
+    return 0
+
+
+def _faust_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.ceilings import faust_ceiling
+
+    result = faust_ceiling(settings, args.records)
+    print(f"machine:  {describe_machine()}")
+    print(f"records:  {result.records:,} events, the worker's Faust settings, no processing")
+    print(f"received: {result.events_per_s:,.0f} events/s at {result.cpu_share:.0%} of one core")
+    return 0
+
+
+def _triton_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.ceilings import triton_grid
+
+    points = asyncio.run(triton_grid(settings, args.batches, args.concurrency, args.seconds))
+    print(f"machine: {describe_machine()}")
+    where = f"model '{settings.triton_model}' at {settings.triton_grpc_url}"
+    print(f"{where}, {args.seconds:g} s per point\n")
+    print("| batch | concurrency | requests | sequences/s | p50 ms | p99 ms |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for p in points:
+        print(
+            f"| {p.batch} | {p.concurrency} | {p.requests} | {p.sequences_per_s:,.0f} "
+            f"| {p.p50_ms:.1f} | {p.p99_ms:.1f} |"
+        )
+    return 0
+
+
+def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.latency import measure_rate, rate_events
+    from stream.datasets.synthetic import SyntheticConfig, generate
+
+    history, _ = generate(SyntheticConfig(users=args.users, days=args.days, seed=args.seed))
+    print(f"machine: {describe_machine()}")
+    print(f"{args.users} synthetic users, {args.seconds:g} s of events per rate\n")
+    print(
+        "| offered events/s | events | achieved events/s | event→score p50 / p95 / p99 ms "
+        "| alerts | event→alert written p50 / p95 / p99 ms | saturated "
+        "| events per window | window ms: fold / score / results / table |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    for rate in args.rates:
+        events = rate_events(history, rate, args.seconds, prefix=f"{uuid.uuid4().hex[:6]}-")
+        p = asyncio.run(measure_rate(settings, events, rate, args.timeout))
+        s50, s95, s99 = p.score_ms
+        a50, a95, a99 = p.alert_ms
+        saturated = f"yes, drained {p.drain_s:.1f} s after the last send" if p.saturated else "no"
+        stages = " / ".join(
+            f"{p.stage_ms.get(name, 0):.1f}" for name in ("fold", "score", "results", "table")
+        )
+        print(
+            f"| {rate:,.0f} | {p.events:,} | {p.achieved_per_s:,.0f} "
+            f"| {s50:,.0f} / {s95:,.0f} / {s99:,.0f} | {p.alerts} "
+            f"| {a50:,.0f} / {a95:,.0f} / {a99:,.0f} "
+            f"| {saturated} "
+            f"| {p.window_events:,.0f} | {stages} |",
+            flush=True,
+        )
+    return 0
+
+
+def _table_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.scaling import measure_table
+
+    print(f"machine: {describe_machine()}")
+    print(f"full sequences of {settings.sequence_length} events, {args.updates:,} updates\n")
+    print(
+        "| store | active users | state bytes | of which sequence | RSS growth per user "
+        "| fill s | µs per event folded |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for store in args.stores:
+        for users in args.users:
+            p = measure_table(store, users, args.updates, settings.sequence_length)
+            print(
+                f"| {p.store} | {p.users:,} | {p.state_bytes:,.0f} | {p.sequence_bytes:,} "
+                f"| {p.rss_per_user:,.0f} | {p.fill_s:.1f} | {p.update_us:.1f} |",
+                flush=True,
+            )
+    return 0
+
+
+def _float_list(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part]
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    bench = commands.add_parser("bench", help="measure the worker on the local stack")
+    targets = bench.add_subparsers(dest="target", required=True)
+    broker = targets.add_parser("broker", help="raw aiokafka produce and consume records/s")
+    broker.add_argument("--records", type=int, default=200_000)
+    broker.add_argument("--bytes", type=int, default=200, help="bytes per record")
+    broker.set_defaults(handler=_broker_command)
+    faust = targets.add_parser(
+        "faust", help="events/s a Faust agent receives when it does nothing with them"
+    )
+    faust.add_argument("--records", type=int, default=100_000)
+    faust.set_defaults(handler=_faust_command)
+    triton = targets.add_parser(
+        "triton", help="sequences/s and latency of the served model by batch and concurrency"
+    )
+    triton.add_argument("--batches", type=_int_list, default=[1, 8, 64, 256])
+    triton.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 32])
+    triton.add_argument("--seconds", type=float, default=3.0, help="per point")
+    triton.set_defaults(handler=_triton_command)
+    worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
+    worker.add_argument("--users", type=int, default=2000)
+    worker.add_argument("--days", type=int, default=7)
+    worker.add_argument("--seed", type=int, default=0)
+    worker.add_argument("--store", default="memory://", help="the worker's table store")
+    worker.add_argument("--timeout", type=float, default=600.0)
+    worker.set_defaults(handler=_bench_command)
+    table = targets.add_parser(
+        "table", help="memory and per-event cost of the user table at 10k to 1M users"
+    )
+    table.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000])
+    table.add_argument("--stores", type=lambda t: t.split(","), default=["memory", "rocksdb"])
+    table.add_argument("--updates", type=int, default=100_000)
+    table.set_defaults(handler=_table_command)
+    latency = targets.add_parser(
+        "latency", help="event-to-score and event-to-alert latency at offered rates"
+    )
+    latency.add_argument("--rates", type=_float_list, default=[500, 1000, 2000, 4000])
+    latency.add_argument("--seconds", type=float, default=20.0, help="of events per rate")
+    latency.add_argument("--users", type=int, default=5000)
+    latency.add_argument("--days", type=int, default=3)
+    latency.add_argument("--seed", type=int, default=0)
+    latency.add_argument("--timeout", type=float, default=300.0)
+    latency.set_defaults(handler=_latency_command)

@@ -1,0 +1,245 @@
+"""Per-user rolling state, kept in the worker's changelogged table as compact bytes.
+
+Binary layout (little-endian), version 1:
+
+    header   87 bytes  see _HEADER
+    tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
+    ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
+    last     n_last * (2-byte length + UTF-8) recent event ids, for alert records
+
+A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
+87 + 768 + 256 + 114 = 1225 bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.contract.events import Event
+from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, tokenize
+
+STATE_VERSION = 1
+DEFAULT_MAX_IDS = 32  # at-least-once redelivery repeats a user's last few events, not dozens
+LAST_EVENT_IDS = 3
+EVENT_ID_CHARS = 64
+
+# rate_per_s is 1 / (exponentially weighted mean gap between in-order events). Weighting per
+# event rather than per second lets a short burst show its own rate: 50 events in 1 s reach
+# ~50/s, while a 10 s half-life counter would smear them to ~3/s. A new user starts from a
+# slow prior gap so that two events sent together do not look like a bot.
+RATE_WEIGHT = 0.25
+PRIOR_GAP_S = 60.0
+MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 1000/s
+
+_HEADER = struct.Struct("<BBHBBBqqqddddqqq")
+_LEN = struct.Struct("<H")
+_FLAG_CHURN_ARMED = 1
+_TOKEN_DTYPE = np.dtype("<u2")
+
+
+def _empty_tokens() -> npt.NDArray[np.uint16]:
+    return np.zeros((0, NUM_FIELDS), dtype=np.uint16)
+
+
+@dataclass(slots=True, eq=False)
+class UserState:
+    tokens: npt.NDArray[np.uint16] = field(default_factory=_empty_tokens)
+    last_ts_ms: int = 0
+    first_ts_ms: int = 0
+    event_count: int = 0
+    rate_per_s: float = 0.0
+    recent_event_ids: list[int] = field(default_factory=list)
+    churn: float = math.nan
+    purchase: float = math.nan
+    anomaly: float = math.nan
+    churn_armed: bool = True
+    last_churn_alert_ms: int = 0
+    last_anomaly_alert_ms: int = 0
+    last_burst_alert_ms: int = 0
+    last_event_ids: list[str] = field(default_factory=list)
+
+    def __eq__(self, other: object) -> bool:
+        # Byte equality: exact for NaN scores and independent of the array's memory layout.
+        return isinstance(other, UserState) and self.to_bytes() == other.to_bytes()
+
+    def to_bytes(self) -> bytes:
+        last = [s.encode("utf-8", "surrogatepass") for s in self.last_event_ids]
+        parts = [
+            _HEADER.pack(
+                STATE_VERSION,
+                _FLAG_CHURN_ARMED if self.churn_armed else 0,
+                self.tokens.shape[0],
+                NUM_FIELDS,
+                len(self.recent_event_ids),
+                len(last),
+                self.last_ts_ms,
+                self.first_ts_ms,
+                self.event_count,
+                self.rate_per_s,
+                self.churn,
+                self.purchase,
+                self.anomaly,
+                self.last_churn_alert_ms,
+                self.last_anomaly_alert_ms,
+                self.last_burst_alert_ms,
+            ),
+            self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
+            struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
+        ]
+        for encoded in last:
+            parts.append(_LEN.pack(len(encoded)))
+            parts.append(encoded)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserState:
+        """Inverse of to_bytes; ValueError for another version or damaged bytes."""
+        if len(data) < _HEADER.size or data[0] != STATE_VERSION:
+            raise ValueError(f"not a version {STATE_VERSION} user state")
+        (
+            _,
+            flags,
+            n_tokens,
+            n_fields,
+            n_ids,
+            n_last,
+            last_ts_ms,
+            first_ts_ms,
+            event_count,
+            rate_per_s,
+            churn,
+            purchase,
+            anomaly,
+            last_churn_alert_ms,
+            last_anomaly_alert_ms,
+            last_burst_alert_ms,
+        ) = _HEADER.unpack_from(data)
+        if n_fields != NUM_FIELDS:
+            raise ValueError(f"state has {n_fields} token fields, expected {NUM_FIELDS}")
+        offset = _HEADER.size
+        token_bytes = n_tokens * NUM_FIELDS * 2
+        if len(data) < offset + token_bytes + n_ids * 8:
+            raise ValueError("user state truncated")
+        # A bytearray copy makes the array writable and independent of the table's bytes.
+        tokens = np.frombuffer(bytearray(data[offset : offset + token_bytes]), _TOKEN_DTYPE)
+        offset += token_bytes
+        ids = list(struct.unpack_from(f"<{n_ids}Q", data, offset))
+        offset += n_ids * 8
+        last: list[str] = []
+        try:
+            for _ in range(n_last):
+                (size,) = _LEN.unpack_from(data, offset)
+                offset += _LEN.size
+                if offset + size > len(data):
+                    raise ValueError("user state truncated")
+                last.append(data[offset : offset + size].decode("utf-8", "surrogatepass"))
+                offset += size
+        except struct.error:
+            raise ValueError("user state truncated") from None
+        if offset != len(data):
+            raise ValueError("trailing bytes after user state")
+        return cls(
+            tokens=tokens.reshape(n_tokens, NUM_FIELDS),
+            last_ts_ms=last_ts_ms,
+            first_ts_ms=first_ts_ms,
+            event_count=event_count,
+            rate_per_s=rate_per_s,
+            recent_event_ids=ids,
+            churn=churn,
+            purchase=purchase,
+            anomaly=anomaly,
+            churn_armed=bool(flags & _FLAG_CHURN_ARMED),
+            last_churn_alert_ms=last_churn_alert_ms,
+            last_anomaly_alert_ms=last_anomaly_alert_ms,
+            last_burst_alert_ms=last_burst_alert_ms,
+            last_event_ids=last,
+        )
+
+    def padded(self, max_len: int) -> npt.NDArray[np.int32]:
+        """(max_len, NUM_FIELDS) int32, left-padded with PAD so the newest event is last."""
+        out = np.zeros((max_len, NUM_FIELDS), dtype=np.int32)
+        recent = self.tokens[-max_len:] if max_len else self.tokens[:0]
+        out[max_len - recent.shape[0] :] = recent
+        return out
+
+
+def event_id_hash(event_id: str) -> int:
+    """64-bit hash of an event id; crc32's 32 bits would give false duplicates at scale."""
+    digest = blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _next_rate(rate_per_s: float, gap_ms: int) -> float:
+    mean_gap_s = 1.0 / rate_per_s if rate_per_s > 0 else PRIOR_GAP_S
+    mean_gap_s += RATE_WEIGHT * (gap_ms / 1000.0 - mean_gap_s)
+    return 1.0 / max(mean_gap_s, MIN_GAP_S)
+
+
+def _append_row(
+    tokens: npt.NDArray[np.uint16], row: tuple[int, ...], max_len: int
+) -> npt.NDArray[np.uint16]:
+    keep = min(tokens.shape[0], max_len - 1)
+    out = np.empty((keep + 1, NUM_FIELDS), dtype=np.uint16)
+    if keep:
+        out[:keep] = tokens[tokens.shape[0] - keep :]
+    out[keep] = row
+    return out
+
+
+def apply_event(
+    state: UserState | None,
+    event: Event,
+    vocab: Vocabulary,
+    max_len: int,
+    *,
+    max_ids: int = DEFAULT_MAX_IDS,
+) -> tuple[UserState, bool]:
+    """Fold one event into the user's state (in place when given one).
+
+    Returns (state, False) with the state untouched when the event id was seen recently.
+    An event older than the newest one is appended (the model sees arrival order, with an
+    OUT_OF_ORDER gap token) but moves neither last_ts_ms nor the rate.
+    """
+    # The header stores the counts in 16 and 8 bits.
+    if not (1 <= max_len <= 0xFFFF and 1 <= max_ids <= 0xFF):
+        raise ValueError("max_len must be in 1..65535 and max_ids in 1..255")
+    id_hash = event_id_hash(event.event_id)
+    if state is None:
+        state = UserState()
+    elif id_hash in state.recent_event_ids:
+        return state, False
+
+    prev_ts_ms = state.last_ts_ms if state.event_count else None
+    state.tokens = _append_row(state.tokens, tokenize(event, prev_ts_ms, vocab), max_len)
+    if prev_ts_ms is None:
+        state.first_ts_ms = state.last_ts_ms = event.ts_ms
+    elif event.ts_ms >= prev_ts_ms:
+        state.rate_per_s = _next_rate(state.rate_per_s, event.ts_ms - prev_ts_ms)
+        state.last_ts_ms = event.ts_ms
+    else:
+        state.first_ts_ms = min(state.first_ts_ms, event.ts_ms)
+    state.event_count += 1
+
+    state.recent_event_ids.append(id_hash)
+    del state.recent_event_ids[:-max_ids]
+    state.last_event_ids.append(event.event_id[:EVENT_ID_CHARS])
+    del state.last_event_ids[:-LAST_EVENT_IDS]
+    return state, True
+
+
+def stack_padded(states: Sequence[UserState], max_len: int) -> npt.NDArray[np.int32]:
+    """(len(states), max_len, NUM_FIELDS) int32 model input, each row left-padded."""
+    out = np.zeros((len(states), max_len, NUM_FIELDS), dtype=np.int32)
+    if max_len == 0:
+        return out
+    for i, state in enumerate(states):
+        recent = state.tokens[-max_len:]
+        out[i, max_len - recent.shape[0] :] = recent
+    return out

@@ -1,0 +1,340 @@
+"""`clickscore demo`: the main job on embedded defaults, start to finish.
+
+1. Starts the local stack (broker, Triton, database) and migrates the database. If the
+   model repository serves no version yet, trains a small first model on synthetic data
+   (44 s measured on two cores) before Triton starts.
+2. Starts a real worker and the retention-actions consumer, as child processes.
+3. Replays a synthetic clickstream with injected churners and anomalies into the broker (or
+   a real dataset: `--dataset FORMAT PATH`), paced (`--rate`, events/s) so latencies mean
+   something, under a live view.
+4. Waits until every user is scored, then reports what happened (on synthetic data, against
+   the ground truth), in the terminal and as an HTML report under reports/.
+5. Stops everything it started (also on Ctrl-C).
+
+Latency here runs from the moment the demo sends an event to the moment its score is in
+Kafka. The worker's own histogram measures from the event's timestamp, which for a replay of
+days of history compressed into seconds is days, not the pipeline's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from stream.console import StepBars
+from stream.contract.events import Event
+from stream.datasets.synthetic import SyntheticConfig, UserTruth, generate
+from stream.db import migrate
+from stream.demo.live import LiveView, Snapshot
+from stream.demo.report import (
+    PrecisionRecall,
+    ReportData,
+    ReportUnavailable,
+    precision_recall,
+    quantile,
+    write_report,
+)
+from stream.demo.report_data import RunResults, read_results, served_model_evaluation
+from stream.ops.progress import wait_for_scores
+from stream.ops.replay import ensure_topic, replay
+from stream.settings import Settings
+from stream.stack import local, postgres, process
+from stream.stack.process import free_port, spawn_command
+
+LATENCY_SOURCE = "from the demo sending the event to its score in Kafka"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    users: int = 300
+    days: int = 7
+    seed: int = 0
+    keep_running: bool = False
+    timeout_s: float = 300.0  # for scoring to finish, on top of the paced replay's own time
+    rate: float = 2000.0  # events/s; 0 sends as fast as possible
+    report_root: Path = Path("reports")
+    dataset: tuple[str, Path] | None = None  # (format, path): real data instead of synthetic
+    max_events: int = 50_000  # of a dataset, the earliest this many
+    first_model_users: int = 600  # synthetic users the first model trains on, if none serves
+
+
+@dataclass
+class _Run:
+    """What the demo measured while the replay ran."""
+
+    events: int
+    users: int
+    replay_s: float = 0.0
+    scoring_s: float = 0.0
+    latencies_s: list[float] | None = None
+    final: Snapshot | None = None
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    """Topics of this run's own, a fresh demo database, and free ports for the worker's
+    metrics (the live view reads them) and Faust web server, so every demo starts clean.
+
+    The table lives in memory, as in `clickscore bench`: a demo run is thrown away, and its
+    state with it, and no persisted offset can disagree with a fresh changelog topic.
+    """
+    run = f"demo-{uuid.uuid4().hex[:6]}"
+    url = postgres.url_of(settings)
+    if not postgres.is_sqlite(settings):
+        url = url.set(database=f"{url.database}_demo")
+    demo = settings.for_run(
+        run,
+        database_url=url.render_as_string(hide_password=False),
+        metrics_port=free_port(settings.metrics_host),
+        worker_web_port=free_port(),
+        table_store="memory://",
+    )
+    if not postgres.is_sqlite(demo):
+        postgres.drop_database(demo, str(url.database))
+        postgres.ensure_database(demo)
+    migrate.upgrade(demo)
+    # Created before the worker subscribes, so it joins once instead of rebalancing when the
+    # replay creates the topic.
+    asyncio.run(ensure_topic(demo, demo.topic_events))
+    return demo
+
+
+def _has_model(settings: Settings) -> bool:
+    """Whether the repository holds a numbered version folder of the served model."""
+    folder = settings.model_repo / settings.triton_model
+    return folder.is_dir() and any(v.is_dir() and v.name.isdigit() for v in folder.iterdir())
+
+
+def _train_first_model(settings: Settings, options: DemoOptions, bars: StepBars) -> None:
+    """Train, export and record version 1 (nothing serves, so nothing to gate against).
+    Triton is not up yet: it loads the new version when it starts."""
+    from trainer import promote
+    from trainer.refresh import TrainArgs, train_candidate
+
+    # The small model (about a minute on two cores); `clickscore train` builds the full one.
+    args = TrainArgs(users=options.first_model_users, days=14, seed=options.seed, tiny=True)
+    folder, heldout = train_candidate(settings, args, bars.advance)
+    asyncio.run(promote.promote(settings, folder, heldout, reload=False))
+
+
+def _start_stack(settings: Settings, options: DemoOptions) -> None:
+    with StepBars() as bars:
+        with bars.step("database (migrated)"):
+            local.start_database(settings, migrate=True)
+        if not _has_model(settings):
+            with bars.step("first model (none served)"):
+                _train_first_model(settings, options, bars)
+        with bars.step("broker (tansu)"):
+            local.start_broker(settings, timeout_s=60.0)
+        with bars.step("tritonserver"):
+            local.start_triton(settings, timeout_s=120.0)
+    for status in local.status(settings):
+        print(f"  {'ok  ' if status.healthy else 'DOWN'}  {status.name:<9} {status.detail}")
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    print("starting the local stack (database, broker, Triton) ...")
+    _start_stack(settings, options)
+    demo = _demo_settings(settings)
+    started: list[str] = []
+    try:
+        for command in ("worker", "actions"):
+            started.append(spawn_command(demo, command, name=f"demo-{command}").name)
+        print(f"worker and retention-actions consumer started (logs in {settings.run_dir})")
+        return asyncio.run(_replay_and_report(demo, options))
+    finally:
+        for name in started:
+            process.stop(settings.run_dir, name)
+        if not options.keep_running:
+            print(f"stopped: {', '.join(local.down(settings)) or 'nothing'}")
+
+
+def _clickstream(options: DemoOptions) -> tuple[list[Event], dict[str, UserTruth] | None, str]:
+    """The events to replay, the ground truth when there is one, and what they are."""
+    if options.dataset is None:
+        config = SyntheticConfig(users=options.users, days=options.days, seed=options.seed)
+        events, truth = generate(config)
+        return events, truth, f"{options.users} synthetic users, {options.days} days"
+    from stream.datasets.loaders import load, sort_by_time
+
+    format, path = options.dataset
+    events = sort_by_time(load(format, path))[: options.max_events]
+    return events, None, f"{format} {path.name}"
+
+
+async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
+    events, truth, source = _clickstream(options)
+    expected = Counter(e.user_id for e in events)
+    pace = f"{options.rate:,.0f} events/s" if options.rate > 0 else "full speed"
+    print(f"replaying {len(events):,} events of {len(expected)} users ({source}) at {pace} ...")
+    worker = process.load(settings.run_dir, "demo-worker")
+
+    def alive() -> bool:
+        return worker is not None and process.is_alive(worker)
+
+    run = await _replay_live(settings, options, events, expected, alive)
+    results = await read_results(settings)
+    accuracy = _accuracy(results, truth) if truth is not None else []
+    _print_summary(run, results, accuracy)
+    try:
+        path = _write_report(settings, options, source, run, results, accuracy)
+        print(f"\nreport: {path.resolve()}")
+    except ReportUnavailable as exc:
+        print(f"\nno HTML report: {exc}")
+    return 0
+
+
+async def _replay_live(
+    settings: Settings,
+    options: DemoOptions,
+    events: Sequence[Event],
+    expected: Counter[str],
+    alive: Callable[[], bool],
+) -> _Run:
+    run = _Run(events=len(events), users=len(expected), latencies_s=[])
+    sent_ms: dict[str, int] = {}
+    scored: set[str] = set()
+    async with LiveView(settings, Console()) as view:
+        view.progress("replay", 0, len(events))
+        view.progress("scored", 0, len(expected))
+        await view.wait_for_worker(120.0, alive)
+
+        def on_batch(batch: Sequence[Event]) -> None:
+            now_ms = time.time_ns() // 1_000_000
+            for event in batch:
+                sent_ms[event.event_id] = now_ms
+            view.progress("replay", len(sent_ms), len(events))
+
+        def on_score(score: dict[str, object]) -> None:
+            sent_at = sent_ms.get(str(score["last_event_id"]))
+            scored_at = score.get("scored_at_ms")
+            if sent_at is not None and isinstance(scored_at, int):
+                latency = max(0.0, (scored_at - sent_at) / 1000)
+                assert run.latencies_s is not None
+                run.latencies_s.append(latency)
+                view.observe_latency(latency)
+            user = str(score["user_id"])
+            count = score["event_count"]
+            if user in expected and isinstance(count, int) and count >= expected[user]:
+                scored.add(user)
+                view.progress("scored", len(scored), len(expected))
+
+        started = time.monotonic()
+        replaying = asyncio.create_task(
+            replay(settings, events, rate=options.rate, shift_to_now=True, on_batch=on_batch)
+        )
+        paced_s = len(events) / options.rate if options.rate > 0 else 0.0
+        try:
+            _, last = await wait_for_scores(
+                settings,
+                expected,
+                alive=alive,
+                timeout_s=options.timeout_s + paced_s,
+                on_score=on_score,
+            )
+            stats = await replaying
+        finally:
+            if not replaying.done():
+                replaying.cancel()
+        run.replay_s = stats.seconds
+        run.scoring_s = last - started
+        run.final = view.snapshot()
+    return run
+
+
+def _accuracy(results: RunResults, truth: dict[str, UserTruth]) -> list[PrecisionRecall]:
+    by_kind: dict[str, set[str]] = {}
+    for user, kind, _ in results.alerts:
+        by_kind.setdefault(kind, set()).add(user)
+    churners = {u for u, t in truth.items() if t.persona == "churner"}
+    anomalous = {u for u, t in truth.items() if t.anomaly is not None}
+    flagged = by_kind.get("anomaly", set()) | by_kind.get("burst", set())
+    return [
+        precision_recall("churn alerts vs churners", by_kind.get("churn", set()), churners),
+        precision_recall("anomaly+burst vs anomalies", flagged, anomalous),
+    ]
+
+
+def _latency_text(latencies: Sequence[float]) -> str:
+    if not latencies:
+        return "not measured"
+    p50, p99 = quantile(latencies, 0.5), quantile(latencies, 0.99)
+    return f"p50 {_seconds(p50)}, p99 {_seconds(p99)}, max {_seconds(max(latencies))}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.1f} s"
+
+
+def _facts(run: _Run, results: RunResults) -> list[tuple[str, str]]:
+    kinds = Counter(kind for _, kind, _ in results.alerts)
+    final = run.final
+    return [
+        ("events replayed", f"{run.events:,} of {run.users} users in {run.replay_s:.1f} s"),
+        ("all users scored after", f"{run.scoring_s:.1f} s"),
+        ("scores emitted", f"{len(run.latencies_s or ()):,}"),
+        ("event-to-score latency", _latency_text(run.latencies_s or ())),
+        ("dead letters", str(final.dead_letters if final else 0)),
+        ("users with a score in PostgreSQL", str(len(results.scores["churn_risk"]))),
+        (
+            "alerts",
+            f"{len(results.alerts)} ("
+            + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+            + ")",
+        ),
+        ("retention actions recorded", str(results.retention_actions)),
+    ]
+
+
+def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionRecall]) -> None:
+    print()
+    for label, value in _facts(run, results):
+        print(f"{label + ':':<34} {value}")
+    if not accuracy:
+        print("\nreal data: no ground truth to score the alerts against")
+        return
+    print("\nalerts against the injected ground truth:")
+    for row in accuracy:
+        precision = "n/a" if row.precision is None else f"{row.precision:5.2f}"
+        recall = "n/a" if row.recall is None else f"{row.recall:5.2f}"
+        print(
+            f"  {row.label:<28} precision {precision}  recall {recall}  "
+            f"({row.flagged} flagged, {row.actual} true)"
+        )
+
+
+def _write_report(
+    settings: Settings,
+    options: DemoOptions,
+    source: str,
+    run: _Run,
+    results: RunResults,
+    accuracy: Sequence[PrecisionRecall],
+) -> Path:
+    now = datetime.now(UTC)
+    notes = []
+    if options.rate <= 0:
+        notes.append(
+            "The replay was not paced (--rate 0): latencies include the time events waited "
+            "in the backlog."
+        )
+    data = ReportData(
+        title=f"clickscore demo · {source}",
+        generated_at=now,
+        facts=_facts(run, results),
+        scores=results.scores,
+        alerts=[(at, kind) for _, kind, at in results.alerts],
+        latencies_s=run.latencies_s or [],
+        latency_source=LATENCY_SOURCE,
+        accuracy=accuracy,
+        model=served_model_evaluation(settings.model_repo, settings.triton_model),
+        notes=notes,
+    )
+    return write_report(data, options.report_root / f"demo-{now:%Y%m%d-%H%M%S}")

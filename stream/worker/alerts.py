@@ -1,0 +1,181 @@
+"""Alert rules over a user's fresh scores. Pure: the alert memory lives in `UserState`.
+
+Every clock here is event time (`state.last_ts_ms`), never the wall clock, so replaying a topic
+raises the same alerts.
+
+An alert's id names the episode, not the event that happened to trigger it: it hashes the
+kind, the user and the event time of that user's previous alert of this kind (0 for the
+first). A worker that crashes after writing an alert but before saving the user's state
+replays from the old state, maybe in windows cut differently so that another event
+triggers it, and still computes the same id, so the sinks' insert-if-absent holds.
+
+Alert record on the alerts topic (`alert_to_json`), schema_version 1:
+
+    schema_version  1
+    alert_id        32 hex chars, blake2b("{kind}|{user_id}|{previous alert's event time}")
+    user_id         str
+    kind            "churn" | "anomaly" | "burst"
+    score           churn risk, anomaly score, or events/s for a burst
+    threshold       the rule's threshold that was crossed
+    model_version   str, the model that produced the score
+    event_ids       up to 3 most recent event ids, oldest first; the last one triggered it
+    event_ts_ms     event time of the user's newest event
+    reason          short human text, e.g. "churn risk 0.86 crossed 0.80"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from hashlib import blake2b
+from typing import TYPE_CHECKING
+
+import orjson
+
+from stream.contract.state import UserState
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
+
+ALERT_SCHEMA_VERSION = 1
+CHURN = "churn"
+ANOMALY = "anomaly"
+BURST = "burst"
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    churn_threshold: float = 0.8
+    churn_rearm: float = 0.6
+    churn_cooldown_s: int = 86_400
+    anomaly_threshold: float = 0.95
+    anomaly_cooldown_s: int = 3_600
+    burst_events_per_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        # Without the gap a score hovering at the threshold would alert on every cooldown.
+        if self.churn_rearm >= self.churn_threshold:
+            raise ValueError("churn_rearm must be below churn_threshold")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlertRules:
+        return cls(
+            churn_threshold=settings.churn_alert_threshold,
+            churn_rearm=settings.churn_rearm_threshold,
+            churn_cooldown_s=settings.churn_cooldown_s,
+            anomaly_threshold=settings.anomaly_alert_threshold,
+            anomaly_cooldown_s=settings.anomaly_cooldown_s,
+            burst_events_per_s=settings.burst_events_per_s,
+        )
+
+
+@dataclass(frozen=True)
+class Alert:
+    alert_id: str
+    user_id: str
+    kind: str
+    score: float
+    threshold: float
+    model_version: str
+    event_ids: tuple[str, ...]
+    event_ts_ms: int
+    reason: str
+
+
+def alert_id(kind: str, user_id: str, previous_alert_ms: int) -> str:
+    key = f"{kind}|{user_id}|{previous_alert_ms}".encode("utf-8", "surrogatepass")
+    return blake2b(key, digest_size=16).hexdigest()
+
+
+def _cooled_down(last_alert_ms: int, now_ms: int, cooldown_s: int) -> bool:
+    return last_alert_ms == 0 or now_ms - last_alert_ms >= cooldown_s * 1000
+
+
+def evaluate(
+    state: UserState,
+    user_id: str,
+    churn: float,
+    purchase: float,
+    anomaly: float,
+    model_version: str,
+    rules: AlertRules,
+) -> list[Alert]:
+    """Store the scores in `state`, update its alert memory, return the alerts to emit.
+
+    churn    alerts when >= churn_threshold, armed and churn_cooldown_s passed; it then stays
+             disarmed until the risk falls below churn_rearm (hysteresis)
+    anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
+    burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
+    NaN scores never alert and never re-arm.
+    """
+    state.churn, state.purchase, state.anomaly = churn, purchase, anomaly
+    now_ms = state.last_ts_ms
+    event_ids = tuple(state.last_event_ids)
+    alerts: list[Alert] = []
+
+    def emit(kind: str, previous_ms: int, score: float, threshold: float, reason: str) -> None:
+        alerts.append(
+            Alert(
+                alert_id=alert_id(kind, user_id, previous_ms),
+                user_id=user_id,
+                kind=kind,
+                score=score,
+                threshold=threshold,
+                model_version=model_version,
+                event_ids=event_ids,
+                event_ts_ms=now_ms,
+                reason=reason,
+            )
+        )
+
+    if not math.isnan(churn):
+        if not state.churn_armed:
+            state.churn_armed = churn < rules.churn_rearm
+        elif churn >= rules.churn_threshold and _cooled_down(
+            state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s
+        ):
+            threshold = rules.churn_threshold
+            emit(
+                CHURN,
+                state.last_churn_alert_ms,
+                churn,
+                threshold,
+                f"churn risk {churn:.2f} crossed {threshold:.2f}",
+            )
+            state.churn_armed = False
+            state.last_churn_alert_ms = now_ms
+
+    # NaN >= x is False, so an unscored anomaly never alerts.
+    if anomaly >= rules.anomaly_threshold and _cooled_down(
+        state.last_anomaly_alert_ms, now_ms, rules.anomaly_cooldown_s
+    ):
+        threshold = rules.anomaly_threshold
+        emit(
+            ANOMALY,
+            state.last_anomaly_alert_ms,
+            anomaly,
+            threshold,
+            f"anomaly score {anomaly:.2f} crossed {threshold:.2f}",
+        )
+        state.last_anomaly_alert_ms = now_ms
+
+    rate = state.rate_per_s
+    if rate >= rules.burst_events_per_s and _cooled_down(
+        state.last_burst_alert_ms, now_ms, rules.anomaly_cooldown_s
+    ):
+        threshold = rules.burst_events_per_s
+        emit(
+            BURST,
+            state.last_burst_alert_ms,
+            rate,
+            threshold,
+            f"burst of {rate:.1f} events/s crossed {threshold:.1f}",
+        )
+        state.last_burst_alert_ms = now_ms
+
+    return alerts
+
+
+def alert_to_json(alert: Alert) -> bytes:
+    """The alerts-topic record; see the module docstring for the schema."""
+    return orjson.dumps({"schema_version": ALERT_SCHEMA_VERSION, **asdict(alert)})

@@ -1,0 +1,40 @@
+"""The Faust application: one per worker process, configured from Settings."""
+
+from __future__ import annotations
+
+import faust
+
+from stream.faust_ext import ClickscoreApp, SeekSafeTableManager, check_versions
+from stream.kafka_security import faust_credentials
+from stream.settings import Settings
+
+
+def create_app(settings: Settings) -> faust.App:
+    check_versions()
+    # The RocksDB table files belong to one consumer group's changelog (a new group, or
+    # recreated topics, must not open them) and to one worker process (RocksDB locks them):
+    # a folder per group and per worker port, which is distinct per worker on a host.
+    data = settings.run_dir / "worker-data"
+    data.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    worker_folder = data / f"{settings.consumer_group}-{settings.worker_web_port}"
+    return ClickscoreApp(
+        settings.consumer_group,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),
+        store=settings.table_store,
+        datadir=str(worker_folder),
+        topic_partitions=settings.topic_partitions,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        # Short from a group's first run on: joins wait half the stored session timeout.
+        broker_session_timeout=10,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        web_enabled=False,
+        web_port=settings.worker_web_port,
+        web_bind=settings.metrics_host,
+        table_standby_replicas=0,
+        autodiscover=False,
+        TableManager=SeekSafeTableManager,
+    )

@@ -1,0 +1,60 @@
+"""The per-user state table: user_id bytes -> UserState bytes, backed by its changelog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import faust
+
+from stream.faust_ext import in_partition_of
+from stream.settings import Settings
+
+TABLE_NAME = "user_state"
+
+
+class UserStateTable(faust.Table):  # type: ignore[misc]
+    """A table read and written a window at a time, each user in their own partition.
+
+    Faust takes the partition of a table access from the "current event" of the stream:
+    the changelog partition of a write, and for the RocksDB store also which partition's
+    database a read or write goes to. The worker touches a whole window of users after its
+    events were read, when the current event is just the window's last one, so every
+    access here first makes an event of the user's own partition current. Users are keyed
+    by user_id like the events topic, so that partition is the one their events came from.
+    """
+
+    def remember(self, events: Iterable[faust.EventT]) -> None:
+        """Keep one event per partition of this window to stand for that partition."""
+        self._by_partition: dict[int, faust.EventT] = {
+            event.message.partition: event for event in events
+        }
+
+    @contextmanager
+    def _in_partition(self, partition: int) -> Iterator[None]:
+        with in_partition_of(self._by_partition[partition]):
+            yield
+
+    def load(self, key: bytes, partition: int) -> bytes | None:
+        with self._in_partition(partition):
+            value: bytes | None = self.get(key)
+            return value
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        with self._in_partition(partition):
+            self[key] = value
+
+
+def user_state_table(app: faust.App, settings: Settings) -> UserStateTable:
+    table = UserStateTable(
+        app,
+        name=TABLE_NAME,
+        beacon=app.tables.beacon,
+        default=None,
+        # bytes types make Faust pick its raw serializer for the table and its changelog.
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+    )
+    app.tables.add(table)
+    return table
