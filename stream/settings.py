@@ -57,7 +57,9 @@ class Settings(BaseSettings):
 
     # --- Sequences and batching ----------------------------------------------------------
     sequence_length: int = Field(64, ge=2, description="Events kept per user and sent to Triton.")
-    batch_size: int = Field(256, ge=1, description="Most users scored in one window.")
+    batch_size: int = Field(
+        256, ge=1, description="Most sequences in one Triton request (a window may send several)."
+    )
     flush_delay_ms: int = Field(20, ge=1, description="Longest wait before a window is scored.")
 
     # --- Alert thresholds ----------------------------------------------------------------

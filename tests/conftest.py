@@ -6,7 +6,6 @@ fails the run with the reason and how to install it; nothing is skipped.
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 
 from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local, postgres
-from stream.stack.process import StackError
+from stream.stack.process import StackError, free_port
 
 # The machine's PostgreSQL server (or a cluster the stack starts at this address).
 TEST_DATABASE_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
@@ -27,12 +26,6 @@ PROJECT_MODELS = PROJECT_ROOT / "model_repo"
 RULES_MODEL = "clickscore-rules"
 # The same rules behind a slow server (every execute sleeps first); loaded by the test using it.
 SLOW_RULES_MODEL = "clickscore-rules-slow"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -8,10 +8,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,11 @@ import torch
 from stream.contract.tokenizer import Vocabulary
 from trainer import model as network_module
 from trainer.model import ClickscoreModel, ModelConfig
+from trainer.triton_model import load_network
 
 META = "model_config.json"
 WEIGHTS = "weights.pt"
-# Copied as the version's model.py; it imports triton_python_backend_utils, so never import it.
+# Copied as the version's model.py; outside Triton only its load_network is used.
 TRITON_ENTRY = Path(__file__).with_name("triton_model.py")
 
 
@@ -68,17 +67,6 @@ def export(
     # A rename, so Triton never sees a half-written version folder.
     staging.rename(folder)
     return folder
-
-
-def load_network(folder: Path) -> Any:
-    """network.py of a version folder as a module (registered, for its dataclasses)."""
-    name = f"clickscore_network_v{folder.name}_{abs(hash(str(folder.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, folder / "network.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

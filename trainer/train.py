@@ -97,6 +97,34 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
     )
 
 
+def _optimise(
+    trained: nn.Module,
+    examples: int,
+    phase: str,
+    steps: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    config: TrainConfig,
+    generator: torch.Generator,
+    on_step: StepCallback | None,
+) -> list[float]:
+    """The one training loop: AdamW with warm-up and decay, clipped gradients, a loss per step."""
+    optimizer = _optimizer(trained, config)
+    schedule = _schedule(optimizer, steps)
+    trained.train()
+    losses: list[float] = []
+    for batch in _batches(examples, config.batch_size, steps, generator):
+        loss = batch_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(phase, len(losses), steps)
+    return losses
+
+
 def pretrain(
     model: ClickscoreModel,
     sequences: npt.NDArray[np.int64],
@@ -106,21 +134,16 @@ def pretrain(
     """Masked-event modelling on unlabelled sequences."""
     generator = torch.Generator().manual_seed(config.seed)
     tokens = torch.from_numpy(sequences)
-    optimizer = _optimizer(model, config)
-    schedule = _schedule(optimizer, config.pretrain_steps)
-    model.train()
-    losses: list[float] = []
-    for batch in _batches(len(tokens), config.batch_size, config.pretrain_steps, generator):
-        loss = _masked_loss(model, tokens[batch], config, generator)
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step("pretrain", len(losses), config.pretrain_steps)
-    return losses
+    return _optimise(
+        model,
+        len(tokens),
+        "pretrain",
+        config.pretrain_steps,
+        lambda batch: _masked_loss(model, tokens[batch], config, generator),
+        config,
+        generator,
+        on_step,
+    )
 
 
 def _finetune_loss(
@@ -178,22 +201,18 @@ def finetune(
         "next_category": torch.from_numpy(examples.next_category),
     }
     trained: nn.Module = _with_lora(model, config) if config.lora else model
-    optimizer = _optimizer(trained, config)
-    schedule = _schedule(optimizer, config.finetune_steps)
-    trained.train()
-    losses: list[float] = []
-    for batch in _batches(len(examples), config.batch_size, config.finetune_steps, generator):
-        loss = _finetune_loss(
+    losses = _optimise(
+        trained,
+        len(examples),
+        "fine-tune",
+        config.finetune_steps,
+        lambda batch: _finetune_loss(
             trained, model, {k: v[batch] for k, v in data.items()}, config, generator
-        )
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        if on_step is not None:
-            on_step("fine-tune", len(losses), config.finetune_steps)
+        ),
+        config,
+        generator,
+        on_step,
+    )
     if config.lora:
         merged = trained.merge_and_unload()  # type: ignore[operator]
         assert isinstance(merged, ClickscoreModel)

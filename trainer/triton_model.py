@@ -17,15 +17,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-import triton_python_backend_utils as pb_utils
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: trainer.export imports load_network from here
+    pb_utils = None
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
 
 
 def load_network(folder: Path) -> Any:
-    """network.py of this version folder as a module (registered for its dataclasses)."""
-    name = f"clickscore_network_{abs(hash(str(folder)))}"
+    """network.py of a version folder as a module (registered, for its dataclasses).
+
+    The one loader of a version's network: Triton runs it from the folder's model.py, and
+    trainer.export imports it from here to load a version for the promotion gate.
+    """
+    name = f"clickscore_network_v{folder.name}_{abs(hash(str(folder.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, folder / "network.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

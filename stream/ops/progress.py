@@ -33,7 +33,7 @@ async def wait_for_scores(
         **aiokafka_options(settings),
         auto_offset_reset="earliest",
         fetch_max_bytes=64 * 1024 * 1024,
-        # A broker may hold an empty fetch this long (see stream/transport.py); a longer
+        # A broker may hold an empty fetch this long (see stream/faust_ext.py); a longer
         # wait would show up in the demo's and the benchmark's latency figures.
         fetch_max_wait_ms=20,
     )

@@ -1,4 +1,5 @@
-"""Alert rules over a user's fresh scores. Pure: the alert memory lives in `UserState`.
+"""Alert rules over a user's fresh scores. Pure: the alert memory lives in `UserState`, and
+`evaluate` returns an updated copy of it rather than changing the one it is given.
 
 Every clock here is event time (`state.last_ts_ms`), never the wall clock, so replaying a topic
 raises the same alerts.
@@ -26,7 +27,7 @@ Alert record on the alerts topic (`alert_to_json`), schema_version 1:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
@@ -99,8 +100,10 @@ def evaluate(
     anomaly: float,
     model_version: str,
     rules: AlertRules,
-) -> list[Alert]:
-    """Store the scores in `state`, update its alert memory, return the alerts to emit.
+) -> tuple[UserState, list[Alert]]:
+    """The state with these scores and its updated alert memory, and the alerts to emit.
+
+    `state` itself is left as it was.
 
     churn    alerts when >= churn_threshold, armed and churn_cooldown_s passed; it then stays
              disarmed until the risk falls below churn_rearm (hysteresis)
@@ -108,7 +111,7 @@ def evaluate(
     burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
     NaN scores never alert and never re-arm.
     """
-    state.churn, state.purchase, state.anomaly = churn, purchase, anomaly
+    state = replace(state, churn=churn, purchase=purchase, anomaly=anomaly)
     now_ms = state.last_ts_ms
     event_ids = tuple(state.last_event_ids)
     alerts: list[Alert] = []
@@ -173,7 +176,7 @@ def evaluate(
         )
         state.last_burst_alert_ms = now_ms
 
-    return alerts
+    return state, alerts
 
 
 def alert_to_json(alert: Alert) -> bytes:

@@ -118,7 +118,7 @@ class ScoringPipeline:
         states = [window.states[user] for user in users]
         model = await self._scorer.score(stack_padded(states, self._settings.sequence_length))
         started = _observe(stage, "score", started)
-        scores, alerts = self._results(users, states, model)
+        states, scores, alerts = self._results(users, states, model)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
@@ -137,14 +137,18 @@ class ScoringPipeline:
 
     def _results(
         self, users: list[str], states: list[UserState], model: ModelScores
-    ) -> tuple[list[Score], list[Alert]]:
+    ) -> tuple[list[UserState], list[Score], list[Alert]]:
+        """Each user's state with its scores and alert memory, their scores and alerts."""
         scored_at_ms = int(self._clock() * 1000)
+        scored: list[UserState] = []
         scores: list[Score] = []
         alerts: list[Alert] = []
-        for i, (user, state) in enumerate(zip(users, states, strict=True)):
+        for i, (user, before) in enumerate(zip(users, states, strict=True)):
             churn, purchase = float(model.churn[i]), float(model.purchase[i])
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
-            alerts += evaluate(state, user, churn, purchase, anomaly, version, self._rules)
+            state, raised = evaluate(before, user, churn, purchase, anomaly, version, self._rules)
+            scored.append(state)
+            alerts += raised
             scores.append(
                 Score(
                     user_id=user,
@@ -160,7 +164,7 @@ class ScoringPipeline:
             )
         for alert in alerts:
             metrics.ALERTS.labels(alert.kind).inc()
-        return scores, alerts
+        return scored, scores, alerts
 
     def _record_window(self, messages: Sequence[Message], window: Window) -> None:
         metrics.EVENTS_CONSUMED.inc(len(messages))

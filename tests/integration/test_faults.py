@@ -146,7 +146,7 @@ async def test_restarts_on_a_waiting_backlog_lose_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
     """A worker that starts with its table's changelog non-empty and events already waiting
-    must read them all: the path stream/recovery.py guards (Faust's recovery seeks the
+    must read them all: the path stream/faust_ext.py guards (Faust's recovery seeks the
     stream partitions while its fetcher runs). A lost event shows as a user whose score
     never covers all of their events; a stalled partition as the same, with its committed
     offset short of the end in the failure report."""

@@ -21,7 +21,8 @@ from stream.contract.tokenizer import Vocabulary
 from stream.db import migrate
 from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local
-from tests.conftest import free_port, make_settings
+from stream.stack.process import free_port
+from tests.conftest import make_settings
 from trainer import export, promote
 from trainer.data import Examples
 from trainer.model import ClickscoreModel

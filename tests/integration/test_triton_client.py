@@ -11,8 +11,9 @@ import pytest
 from stream.contract.tokenizer import NUM_FIELDS
 from stream.settings import Settings
 from stream.stack import local, process, triton
+from stream.stack.process import free_port
 from stream.worker.triton_client import TritonScorer
-from tests.conftest import free_port, make_settings
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 

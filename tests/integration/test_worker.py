@@ -12,7 +12,7 @@ import pytest
 
 from stream.settings import Settings
 from stream.stack import local, process, triton
-from tests.conftest import free_port
+from stream.stack.process import free_port
 from tests.support.checks import (
     alert_rows,
     committed_total,

@@ -55,7 +55,12 @@ class User:
     ) -> list[Alert]:
         self.event(at_ms)
         assert self.state is not None
-        return evaluate(self.state, self.user_id, churn, purchase, anomaly, "m-7", RULES)
+        given = self.state
+        before = given.to_bytes()
+        self.state, alerts = evaluate(given, self.user_id, churn, purchase, anomaly, "m-7", RULES)
+        # Pure: the state it was given is unchanged; the new one is returned.
+        assert given.to_bytes() == before
+        return alerts
 
     def kinds(self, **kw: float) -> list[str]:
         return [a.kind for a in self.score(**kw)]  # type: ignore[arg-type]
