@@ -63,7 +63,24 @@ class Settings(BaseSettings):
     flush_delay_ms: int = Field(20, ge=1, description="Longest wait before a window is scored.")
 
     # --- Alert thresholds ----------------------------------------------------------------
-    churn_alert_threshold: float = Field(0.8, ge=0, le=1, description="Churn risk that alerts.")
+    # The served version's own threshold wins: the trainer picks it on validation data for
+    # churn_alert_precision and Triton returns it with every score (CHURN_THRESHOLD). This one
+    # applies only to versions that carry none.
+    churn_alert_threshold: float = Field(
+        0.8, ge=0, le=1, description="Churn risk that alerts when the served version sets none."
+    )
+    churn_alert_precision: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Precision the trainer picks each version's churn alert threshold for.",
+    )
+    churn_min_events: int = Field(
+        3, ge=1, description="Events a user needs before a churn alert is possible."
+    )
+    churn_min_history_s: int = Field(
+        86_400, ge=0, description="History (first to last event) needed for a churn alert."
+    )
     churn_rearm_threshold: float = Field(
         0.6, ge=0, le=1, description="Churn risk a user must fall below before alerting again."
     )

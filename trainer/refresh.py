@@ -1,7 +1,8 @@
 """One training run end to end: events -> examples -> fit -> candidate folder -> gate -> serve.
 
 Users are split three ways by a stable hash: test (held out: every reported metric and the
-promotion gate), validation (normal users only: the anomaly calibration) and train.
+promotion gate), validation (the churn alert threshold for CLICKSCORE_CHURN_ALERT_PRECISION;
+its normal users: the anomaly calibration) and train.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from stream.kafka_security import aiokafka_options
 from stream.settings import Settings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
-from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
+from trainer.thresholds import threshold_for_precision
+from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
 
 log = logging.getLogger(__name__)
 TEST_FRACTION = 0.2
@@ -45,6 +47,7 @@ class TrainArgs:
 class Split:
     train: data.Examples
     test: data.Examples
+    validation: data.Examples
     validation_tokens: npt.NDArray[Any]
     pretrain: npt.NDArray[Any]
     anomalous: set[str]
@@ -142,6 +145,7 @@ def split(
     return Split(
         train=examples.subset(~in_test & ~in_val),
         test=examples.subset(in_test),
+        validation=examples.subset(in_val),
         validation_tokens=examples.tokens[normal_val if normal_val.any() else ~in_test],
         pretrain=data.unlabelled_sequences(train_users, vocab, settings.sequence_length, seed=seed),
         anomalous=anomalous,
@@ -180,5 +184,35 @@ def train_candidate(
         "churn_horizon_s": settings.churn_horizon_s,
         "purchase_horizon_s": settings.purchase_horizon_s,
     }
-    export.export(model, Vocabulary(), folder, metrics=metrics, training_data=description)
+    thresholds = alert_thresholds(settings, model, parts.validation)
+    export.export(
+        model,
+        Vocabulary(),
+        folder,
+        metrics=metrics,
+        training_data=description,
+        alert_thresholds=thresholds,
+    )
     return folder, parts.test
+
+
+def alert_thresholds(
+    settings: Settings, model: Any, validation: data.Examples
+) -> dict[str, dict[str, Any]]:
+    """The churn alert threshold for the target precision, on the validation users."""
+    target = settings.churn_alert_precision
+    if not len(validation):
+        return {"churn": {"threshold": None, "target_precision": target}}
+    scores = predict(model, validation.tokens, top_items=False)["churn"]
+    picked = threshold_for_precision(validation.churn, scores, target)
+    if picked is None:
+        log.warning("no churn threshold reaches precision %.2f on validation users", target)
+        return {"churn": {"threshold": None, "target_precision": target}}
+    log.info(
+        "churn alerts at %.3f: precision %.2f, recall %.2f on validation (base rate %.2f)",
+        picked.threshold,
+        picked.precision,
+        picked.recall,
+        picked.base_rate,
+    )
+    return {"churn": picked.to_dict()}

@@ -52,6 +52,9 @@ class AlertRules:
     anomaly_threshold: float = 0.95
     anomaly_cooldown_s: int = 3_600
     burst_events_per_s: float = 20.0
+    # Too little history to judge: the model's churn examples start after a day of history.
+    churn_min_events: int = 3
+    churn_min_history_s: int = 86_400
 
     def __post_init__(self) -> None:
         # Without the gap a score hovering at the threshold would alert on every cooldown.
@@ -67,6 +70,25 @@ class AlertRules:
             anomaly_threshold=settings.anomaly_alert_threshold,
             anomaly_cooldown_s=settings.anomaly_cooldown_s,
             burst_events_per_s=settings.burst_events_per_s,
+            churn_min_events=settings.churn_min_events,
+            churn_min_history_s=settings.churn_min_history_s,
+        )
+
+    def churn_levels(self, served_threshold: float) -> tuple[float, float]:
+        """(alert, re-arm) levels for a score from a version that carries `served_threshold`.
+
+        The served version's threshold, picked by the trainer on validation data for the
+        target precision, wins; NaN (a version without one) falls back to churn_threshold.
+        The re-arm level keeps the configured ratio to the alert level.
+        """
+        if math.isnan(served_threshold):
+            return self.churn_threshold, self.churn_rearm
+        return served_threshold, served_threshold * self.churn_rearm / self.churn_threshold
+
+    def enough_history(self, state: UserState) -> bool:
+        return (
+            state.event_count >= self.churn_min_events
+            and state.last_ts_ms - state.first_ts_ms >= self.churn_min_history_s * 1000
         )
 
 
@@ -100,13 +122,16 @@ def evaluate(
     anomaly: float,
     model_version: str,
     rules: AlertRules,
+    churn_threshold: float = math.nan,
 ) -> tuple[UserState, list[Alert]]:
     """The state with these scores and its updated alert memory, and the alerts to emit.
 
     `state` itself is left as it was.
 
-    churn    alerts when >= churn_threshold, armed and churn_cooldown_s passed; it then stays
-             disarmed until the risk falls below churn_rearm (hysteresis)
+    churn    alerts when >= the served version's churn_threshold (rules.churn_threshold when
+             it carries none, NaN), armed, churn_cooldown_s passed and the user has enough
+             history (churn_min_events events over churn_min_history_s); it then stays
+             disarmed until the risk falls below the re-arm level (hysteresis)
     anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
     burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
     NaN scores never alert and never re-arm.
@@ -131,13 +156,16 @@ def evaluate(
             )
         )
 
+    alert_at, rearm_below = rules.churn_levels(churn_threshold)
     if not math.isnan(churn):
         if not state.churn_armed:
-            state.churn_armed = churn < rules.churn_rearm
-        elif churn >= rules.churn_threshold and _cooled_down(
-            state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s
+            state.churn_armed = churn < rearm_below
+        elif (
+            churn >= alert_at
+            and rules.enough_history(state)
+            and _cooled_down(state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s)
         ):
-            threshold = rules.churn_threshold
+            threshold = alert_at
             emit(
                 CHURN,
                 state.last_churn_alert_ms,

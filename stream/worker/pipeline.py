@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -146,7 +147,10 @@ class ScoringPipeline:
         for i, (user, before) in enumerate(zip(users, states, strict=True)):
             churn, purchase = float(model.churn[i]), float(model.purchase[i])
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
-            state, raised = evaluate(before, user, churn, purchase, anomaly, version, self._rules)
+            threshold = math.nan if model.churn_threshold is None else model.churn_threshold[i]
+            state, raised = evaluate(
+                before, user, churn, purchase, anomaly, version, self._rules, float(threshold)
+            )
             scored.append(state)
             alerts += raised
             scores.append(

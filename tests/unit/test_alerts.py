@@ -25,6 +25,8 @@ RULES = AlertRules(
     anomaly_threshold=0.95,
     anomaly_cooldown_s=600,
     burst_events_per_s=20.0,
+    churn_min_events=1,
+    churn_min_history_s=0,
 )
 T0 = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -52,12 +54,16 @@ class User:
         anomaly: float = 0.1,
         purchase: float = 0.2,
         at_ms: int | None = None,
+        rules: AlertRules = RULES,
+        served_threshold: float = math.nan,
     ) -> list[Alert]:
         self.event(at_ms)
         assert self.state is not None
         given = self.state
         before = given.to_bytes()
-        self.state, alerts = evaluate(given, self.user_id, churn, purchase, anomaly, "m-7", RULES)
+        self.state, alerts = evaluate(
+            given, self.user_id, churn, purchase, anomaly, "m-7", rules, served_threshold
+        )
         # Pure: the state it was given is unchanged; the new one is returned.
         assert given.to_bytes() == before
         return alerts
@@ -251,3 +257,38 @@ def test_rules_from_settings() -> None:
     assert AlertRules.from_settings(settings) == AlertRules(0.7, 0.4, 10, 0.9, 20, 5.0)
     defaults = AlertRules.from_settings(Settings())
     assert defaults == AlertRules()
+
+
+def test_the_served_versions_threshold_wins_over_the_configured_one() -> None:
+    user = User(gap_ms=2 * HOUR_MS)
+    assert user.kinds(churn=0.7, served_threshold=0.75) == []
+    [alert] = user.score(churn=0.76, served_threshold=0.75)
+    assert alert.threshold == 0.75 and alert.reason == "churn risk 0.76 crossed 0.75"
+    # Re-arming keeps the configured ratio (0.6 / 0.8) to the served threshold: 0.5625.
+    assert user.kinds(churn=0.57, served_threshold=0.75) == []
+    assert user.state is not None and not user.state.churn_armed
+    assert user.kinds(churn=0.56, served_threshold=0.75) == []
+    assert user.state.churn_armed
+
+
+def test_a_version_without_a_threshold_uses_the_configured_one() -> None:
+    assert User().kinds(churn=0.79, served_threshold=math.nan) == []
+    assert User().kinds(churn=0.8, served_threshold=math.nan) == ["churn"]
+
+
+def test_a_version_that_reached_no_target_precision_raises_no_churn_alert() -> None:
+    user = User(gap_ms=2 * HOUR_MS)
+    assert user.kinds(churn=0.999, served_threshold=math.inf) == []
+    assert user.kinds(churn=1.0, served_threshold=math.inf) == []
+
+
+def test_too_little_history_gets_no_churn_alert() -> None:
+    rules = AlertRules(churn_min_events=3, churn_min_history_s=86_400)
+    user = User(gap_ms=12 * HOUR_MS)
+    # Events 1 and 2: too few; event 3 is only 24 h after the first: enough of both.
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == []
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == []
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == ["churn"]
+    # Many events within minutes are not enough history either.
+    quick = User(gap_ms=60_000)
+    assert all(quick.score(churn=0.95, rules=rules) == [] for _ in range(20))
