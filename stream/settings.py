@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     churn_min_history_s: int = Field(
         86_400, ge=0, description="History (first to last event) needed for a churn alert."
     )
+    # --- Silent users (stream/worker/idle.py) ---------------------------------------------
+    silent_rescore_after_s: int = Field(
+        86_400,
+        ge=0,
+        description="Silence after which a user is re-scored (then at 2x, 4x, ...); 0: never.",
+    )
+    silent_rescore_max_s: int = Field(
+        30 * 86_400, ge=0, description="Longest silence a user is still re-scored at."
+    )
+    silent_rescore_max_users: int = Field(
+        1_000, ge=1, description="Most silent users re-scored per partition per window."
+    )
     churn_rearm_threshold: float = Field(
         0.6, ge=0, le=1, description="Churn risk a user must fall below before alerting again."
     )

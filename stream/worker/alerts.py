@@ -123,6 +123,7 @@ def evaluate(
     model_version: str,
     rules: AlertRules,
     churn_threshold: float = math.nan,
+    silent_ms: int = 0,
 ) -> tuple[UserState, list[Alert]]:
     """The state with these scores and its updated alert memory, and the alerts to emit.
 
@@ -135,9 +136,15 @@ def evaluate(
     anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
     burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
     NaN scores never alert and never re-arm.
+
+    silent_ms > 0: a re-score of a user silent for that long since their last event
+    (stream/worker/idle.py). The clock is then last event + silent_ms, only the churn rule
+    applies, and the anomaly score of their last event is kept.
     """
+    if silent_ms:
+        anomaly = state.anomaly
     state = replace(state, churn=churn, purchase=purchase, anomaly=anomaly)
-    now_ms = state.last_ts_ms
+    now_ms = state.last_ts_ms + silent_ms
     event_ids = tuple(state.last_event_ids)
     alerts: list[Alert] = []
 
@@ -171,11 +178,14 @@ def evaluate(
                 state.last_churn_alert_ms,
                 churn,
                 threshold,
-                f"churn risk {churn:.2f} crossed {threshold:.2f}",
+                f"churn risk {churn:.2f} crossed {threshold:.2f}"
+                + (f" after {_duration(silent_ms)} of silence" if silent_ms else ""),
             )
             state.churn_armed = False
             state.last_churn_alert_ms = now_ms
 
+    if silent_ms:
+        return state, alerts
     # NaN >= x is False, so an unscored anomaly never alerts.
     if anomaly >= rules.anomaly_threshold and _cooled_down(
         state.last_anomaly_alert_ms, now_ms, rules.anomaly_cooldown_s
@@ -205,6 +215,11 @@ def evaluate(
         state.last_burst_alert_ms = now_ms
 
     return state, alerts
+
+
+def _duration(ms: int) -> str:
+    hours = ms / 3_600_000
+    return f"{hours / 24:.1f} d" if hours >= 24 else f"{hours:.1f} h"
 
 
 def alert_to_json(alert: Alert) -> bytes:

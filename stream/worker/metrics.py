@@ -41,6 +41,9 @@ EVENT_TO_SCORE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 SCORES_EMITTED = Counter("clickscore_scores_emitted", "Per-user scores written.")
+SILENT_RESCORED = Counter(
+    "clickscore_silent_rescored", "Users re-scored after a silence, without a new event."
+)
 ALERTS = Counter("clickscore_alerts", "Alerts raised.", ["kind"])
 RETRIES = Counter("clickscore_retries", "Failed calls that were retried, by target.", ["target"])
 CONSUMER_LAG = Gauge(

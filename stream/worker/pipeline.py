@@ -30,6 +30,7 @@ from stream.settings import Settings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
 from stream.worker.alerts import Alert, AlertRules, evaluate
+from stream.worker.idle import Due, IdleIndex, IdlePolicy, silence_tokens
 from stream.worker.pseudonym import Pseudonymiser
 from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
@@ -92,6 +93,13 @@ class ScoringPipeline:
         self._pseudonymiser = Pseudonymiser(key.get_secret_value().encode()) if key else None
         # The next offset to read per (topic, partition), for the consumer-lag gauge.
         self.positions: dict[tuple[str, int], int] = {}
+        self.idle = IdleIndex(
+            IdlePolicy(
+                idle_s=settings.silent_rescore_after_s,
+                max_idle_s=settings.silent_rescore_max_s,
+                max_users_per_pass=settings.silent_rescore_max_users,
+            )
+        )
 
     def _load(self, user_id: str, partition: int) -> UserState | None:
         raw = self._table.load(user_id.encode(), partition)
@@ -134,10 +142,46 @@ class ScoringPipeline:
 
         for user, state in zip(users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), window.partitions[user])
-        _observe(stage, "table", started)
+            self.idle.touch(window.partitions[user], user, state.last_ts_ms)
+        started = _observe(stage, "table", started)
+        await self._rescore_silent(sorted(set(window.partitions.values())))
+        _observe(stage, "silent", started)
+
+    async def _rescore_silent(self, partitions: list[int]) -> None:
+        """Users of these partitions whose next silence level the partition's event time has
+        passed: scored on their sequence plus the silence, results and states written as a
+        window's are (so a crash replays them the same way)."""
+        due: list[tuple[int, Due, UserState]] = []
+        for partition in partitions:
+            for entry in self.idle.due(partition):
+                state = self._load(entry.user_id, partition)
+                if state is not None and state.last_ts_ms == entry.last_ts_ms:
+                    due.append((partition, entry, state))
+        if not due:
+            return
+        users = [entry.user_id for _, entry, _ in due]
+        silent = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in due]
+        tokens = silence_tokens(
+            [state for _, _, state in due], silent, self._vocab, self._settings.sequence_length
+        )
+        model = await self._scorer.score(tokens)
+        states, scores, alerts = self._results(users, [state for _, _, state in due], model, silent)
+        if self._pseudonymiser is not None:
+            scores = self._pseudonymiser.scores(scores)
+            alerts = self._pseudonymiser.alerts(alerts)
+        await asyncio.gather(
+            self._publisher.results(scores, alerts), self._store.write(scores, alerts)
+        )
+        metrics.SILENT_RESCORED.inc(len(users))
+        for (partition, _, _), user, state in zip(due, users, states, strict=True):
+            self._table.put(user.encode(), state.to_bytes(), partition)
 
     def _results(
-        self, users: list[str], states: list[UserState], model: ModelScores
+        self,
+        users: list[str],
+        states: list[UserState],
+        model: ModelScores,
+        silent_ms: list[int] | None = None,
     ) -> tuple[list[UserState], list[Score], list[Alert]]:
         """Each user's state with its scores and alert memory, their scores and alerts."""
         scored_at_ms = int(self._clock() * 1000)
@@ -149,7 +193,15 @@ class ScoringPipeline:
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
             threshold = math.nan if model.churn_threshold is None else model.churn_threshold[i]
             state, raised = evaluate(
-                before, user, churn, purchase, anomaly, version, self._rules, float(threshold)
+                before,
+                user,
+                churn,
+                purchase,
+                anomaly,
+                version,
+                self._rules,
+                float(threshold),
+                silent_ms[i] if silent_ms else 0,
             )
             scored.append(state)
             alerts += raised
@@ -158,7 +210,7 @@ class ScoringPipeline:
                     user_id=user,
                     churn_risk=churn,
                     purchase_intent=purchase,
-                    anomaly=anomaly,
+                    anomaly=state.anomaly,
                     model_version=version,
                     event_count=state.event_count,
                     last_event_id=state.last_event_ids[-1] if state.last_event_ids else "",
