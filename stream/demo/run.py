@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +35,10 @@ from stream.datasets.synthetic import SyntheticConfig, UserTruth, generate
 from stream.db import migrate
 from stream.demo.live import LiveView, Snapshot
 from stream.demo.report import (
+    BASE_RATE_TEXT,
+    PRECISION_TEXT,
+    RECALL_TEXT,
+    FlaggedUser,
     PrecisionRecall,
     ReportData,
     ReportUnavailable,
@@ -182,9 +186,13 @@ async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
     run = await _replay_live(settings, options, events, expected, alive)
     results = await read_results(settings)
     accuracy = _accuracy(results, truth) if truth is not None else []
+    flagged = _with_truth(results.flagged, truth)
     _print_summary(run, results, accuracy)
+    note = _capacity_note(run, options)
+    if note:
+        print(f"\nnote: {note}")
     try:
-        path = _write_report(settings, options, source, run, results, accuracy)
+        path = _write_report(settings, options, source, run, results, accuracy, flagged)
         print(f"\nreport: {path.resolve()}")
     except ReportUnavailable as exc:
         print(f"\nno HTML report: {exc}")
@@ -250,16 +258,52 @@ async def _replay_live(
 
 
 def _accuracy(results: RunResults, truth: dict[str, UserTruth]) -> list[PrecisionRecall]:
+    """Each alert kind against the users it exists for, with the base rate to beat."""
     by_kind: dict[str, set[str]] = {}
     for user, kind, _ in results.alerts:
         by_kind.setdefault(kind, set()).add(user)
     churners = {u for u, t in truth.items() if t.persona == "churner"}
     anomalous = {u for u, t in truth.items() if t.anomaly is not None}
     flagged = by_kind.get("anomaly", set()) | by_kind.get("burst", set())
+    users = len(truth)
     return [
-        precision_recall("churn alerts vs churners", by_kind.get("churn", set()), churners),
-        precision_recall("anomaly+burst vs anomalies", flagged, anomalous),
+        precision_recall("churn alerts vs churners", by_kind.get("churn", set()), churners, users),
+        precision_recall(
+            "anomaly alerts vs anomalies", by_kind.get("anomaly", set()), anomalous, users
+        ),
+        precision_recall(
+            "burst alerts vs anomalies", by_kind.get("burst", set()), anomalous, users
+        ),
+        precision_recall("anomaly+burst vs anomalies", flagged, anomalous, users),
     ]
+
+
+def _with_truth(
+    flagged: Sequence[FlaggedUser], truth: dict[str, UserTruth] | None
+) -> list[FlaggedUser]:
+    if truth is None:
+        return list(flagged)
+    out = []
+    for f in flagged:
+        known = truth.get(f.user_id)
+        really = "unknown" if known is None else (known.anomaly or known.persona)
+        out.append(replace(f, truth=really))
+    return out
+
+
+def _capacity_note(run: _Run, options: DemoOptions) -> str | None:
+    """When events were offered faster than the worker scored them, latencies include the
+    time they waited in the backlog: say so, or they read as the pipeline's own."""
+    if options.rate <= 0 or not run.scoring_s:
+        return None
+    sustained = run.events / run.scoring_s
+    if sustained >= 0.9 * options.rate:
+        return None
+    return (
+        f"The replay offered {options.rate:,.0f} events/s, above the {sustained:,.0f} events/s "
+        "this machine sustained end to end: events queued, so the latencies below include "
+        "time in the backlog. Rerun with a lower --rate for the pipeline's own latency."
+    )
 
 
 def _latency_text(latencies: Sequence[float]) -> str:
@@ -301,13 +345,16 @@ def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionR
         print("\nreal data: no ground truth to score the alerts against")
         return
     print("\nalerts against the injected ground truth:")
+    print(f"  {PRECISION_TEXT}\n  {RECALL_TEXT}\n  {BASE_RATE_TEXT}")
     for row in accuracy:
-        precision = "n/a" if row.precision is None else f"{row.precision:5.2f}"
-        recall = "n/a" if row.recall is None else f"{row.recall:5.2f}"
         print(
-            f"  {row.label:<28} precision {precision}  recall {recall}  "
-            f"({row.flagged} flagged, {row.actual} true)"
+            f"  {row.label:<28} precision {_ratio(row.precision)}  recall {_ratio(row.recall)}"
+            f"  base rate {_ratio(row.base_rate)}  ({row.flagged} flagged, {row.actual} true)"
         )
+
+
+def _ratio(value: float | None) -> str:
+    return " n/a" if value is None else f"{value:4.2f}"
 
 
 def _write_report(
@@ -317,9 +364,13 @@ def _write_report(
     run: _Run,
     results: RunResults,
     accuracy: Sequence[PrecisionRecall],
+    flagged: Sequence[FlaggedUser],
 ) -> Path:
     now = datetime.now(UTC)
     notes = []
+    note = _capacity_note(run, options)
+    if note:
+        notes.append(note)
     if options.rate <= 0:
         notes.append(
             "The replay was not paced (--rate 0): latencies include the time events waited "
@@ -336,5 +387,6 @@ def _write_report(
         accuracy=accuracy,
         model=served_model_evaluation(settings.model_repo, settings.triton_model),
         notes=notes,
+        flagged=flagged,
     )
     return write_report(data, options.report_root / f"demo-{now:%Y%m%d-%H%M%S}")
