@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     burst_events_per_s: float = Field(
         20.0, gt=0, description="Sustained events/s from one user that counts as a bot burst."
     )
+    # Calibrated on the synthetic generator (docs/evaluation.md, "Bursts"): people reached at
+    # most 20 of 32 such gaps, bots and scrapers all 32.
+    burst_sustained_events: int = Field(
+        28,
+        ge=0,
+        le=32,
+        description="Of a user's last 32 events, how many under 5 s apart is a burst; 0: off.",
+    )
 
     # --- Worker ---------------------------------------------------------------------------
     window_max_events: int = Field(

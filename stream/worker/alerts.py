@@ -34,11 +34,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from stream.contract.state import UserState
+from stream.contract.tokenizer import FIELDS, GAP_EDGES_S, OUT_OF_ORDER
 
 if TYPE_CHECKING:
     from stream.settings import Settings
 
 ALERT_SCHEMA_VERSION = 1
+# The sustained-burst rule: gap tokens of the last SUSTAINED_WINDOW events under FAST_GAP_S
+# (stream/contract/tokenizer.py: OUT_OF_ORDER + 1 + the gap's bucket index; 5 s is an edge).
+SUSTAINED_WINDOW = 32
+FAST_GAP_S = 5
+GAP_FIELD = FIELDS.index("gap_bucket")
+_FAST_GAP_TOKENS = range(OUT_OF_ORDER + 1, OUT_OF_ORDER + 2 + GAP_EDGES_S.index(FAST_GAP_S))
 CHURN = "churn"
 ANOMALY = "anomaly"
 BURST = "burst"
@@ -52,6 +59,7 @@ class AlertRules:
     anomaly_threshold: float = 0.95
     anomaly_cooldown_s: int = 3_600
     burst_events_per_s: float = 20.0
+    burst_sustained_events: int = 28  # of the last SUSTAINED_WINDOW; 0 turns the rule off
     # Too little history to judge: the model's churn examples start after a day of history.
     churn_min_events: int = 3
     churn_min_history_s: int = 86_400
@@ -70,6 +78,7 @@ class AlertRules:
             anomaly_threshold=settings.anomaly_alert_threshold,
             anomaly_cooldown_s=settings.anomaly_cooldown_s,
             burst_events_per_s=settings.burst_events_per_s,
+            burst_sustained_events=settings.burst_sustained_events,
             churn_min_events=settings.churn_min_events,
             churn_min_history_s=settings.churn_min_history_s,
         )
@@ -134,7 +143,9 @@ def evaluate(
              history (churn_min_events events over churn_min_history_s); it then stays
              disarmed until the risk falls below the re-arm level (hysteresis)
     anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
-    burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
+    burst    alerts when state.rate_per_s >= burst_events_per_s (a spike), or when at least
+             burst_sustained_events of the last 32 events came under 5 s apart (a script's
+             pace kept up: bots and scrapers); shares anomaly_cooldown_s
     NaN scores never alert and never re-arm.
 
     silent_ms > 0: a re-score of a user silent for that long since their last event
@@ -201,20 +212,34 @@ def evaluate(
         state.last_anomaly_alert_ms = now_ms
 
     rate = state.rate_per_s
-    if rate >= rules.burst_events_per_s and _cooled_down(
+    fast = sustained_fast_events(state)
+    spike = rate >= rules.burst_events_per_s
+    sustained = 0 < rules.burst_sustained_events <= fast
+    if (spike or sustained) and _cooled_down(
         state.last_burst_alert_ms, now_ms, rules.anomaly_cooldown_s
     ):
-        threshold = rules.burst_events_per_s
-        emit(
-            BURST,
-            state.last_burst_alert_ms,
-            rate,
-            threshold,
-            f"burst of {rate:.1f} events/s crossed {threshold:.1f}",
-        )
+        if spike:
+            score, threshold = rate, rules.burst_events_per_s
+            reason = f"burst of {rate:.1f} events/s crossed {threshold:.1f}"
+        else:
+            score, threshold = float(fast), float(rules.burst_sustained_events)
+            reason = (
+                f"{fast} of the last {SUSTAINED_WINDOW} events came under "
+                f"{FAST_GAP_S} s apart (rule: {rules.burst_sustained_events})"
+            )
+        emit(BURST, state.last_burst_alert_ms, score, threshold, reason)
         state.last_burst_alert_ms = now_ms
 
     return state, alerts
+
+
+def sustained_fast_events(state: UserState) -> int:
+    """Of the user's last SUSTAINED_WINDOW events, how many came under FAST_GAP_S after the
+    one before (0 until there are that many): a script keeps this up, a person does not."""
+    gaps = state.tokens[-SUSTAINED_WINDOW:, GAP_FIELD]
+    if len(gaps) < SUSTAINED_WINDOW:
+        return 0
+    return int(((gaps >= _FAST_GAP_TOKENS[0]) & (gaps <= _FAST_GAP_TOKENS[-1])).sum())
 
 
 def _duration(ms: int) -> str:
