@@ -54,6 +54,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     actions.add_parser("rollback", help="serve the previous version again").set_defaults(
         handler=run_rollback
     )
+    thresholds = actions.add_parser(
+        "thresholds",
+        help="pick and store a version's churn alert threshold on its validation users",
+    )
+    thresholds.add_argument("--version", type=int, help="default: the served version")
+    thresholds.set_defaults(handler=run_thresholds)
 
 
 def _train_args(args: argparse.Namespace) -> object:
@@ -128,6 +134,28 @@ def run_rollback(settings: Settings, args: argparse.Namespace) -> int:
         print(f"rollback refused: {exc}")
         return 1
     print(f"rolled back v{bad}; serving v{previous}")
+    return 0
+
+
+def run_thresholds(settings: Settings, args: argparse.Namespace) -> int:
+    from trainer import promote
+    from trainer.refresh import store_thresholds
+
+    version = args.version or promote.serving_version(settings)
+    if version is None:
+        print("no served version")
+        return 1
+    folder = promote.served_dir(settings) / str(version)
+    picked = store_thresholds(settings, folder)["churn"]
+    if picked.get("threshold") is None:
+        print(f"v{version}: no churn threshold reaches precision {picked['target_precision']}")
+    else:
+        print(
+            f"v{version}: churn alerts at {picked['threshold']:.3f} for precision "
+            f"{picked['target_precision']} (validation: precision "
+            f"{picked['validation_precision']:.2f}, recall {picked['validation_recall']:.2f}, "
+            f"base rate {picked['validation_base_rate']:.2f}); reload the model to serve it"
+        )
     return 0
 
 

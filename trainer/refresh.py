@@ -7,6 +7,7 @@ its normal users: the anomaly calibration) and train.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -216,3 +217,24 @@ def alert_thresholds(
         picked.base_rate,
     )
     return {"churn": picked.to_dict()}
+
+
+def store_thresholds(settings: Settings, folder: Path) -> dict[str, dict[str, Any]]:
+    """Pick the churn alert threshold of an already exported version on its own validation
+    users and write it into its model_config.json (for versions exported before thresholds
+    were). Synthetic training data only: it is regenerated from the recorded config."""
+    meta = export.read_meta(folder)
+    recorded = meta.get("training_data", {})
+    if recorded.get("source") != "synthetic":
+        raise ValueError(
+            f"v{folder.name} was trained on {recorded.get('source')!r}: retrain it instead"
+        )
+    args = TrainArgs(users=recorded["users"], days=recorded["days"], seed=recorded["seed"])
+    events, anomalies, _ = load_events(settings, args)
+    parts = split(settings, events, anomalies, args.seed)
+    thresholds = alert_thresholds(settings, export.load(folder), parts.validation)
+    meta["alert_thresholds"] = thresholds
+    staging = folder / f".{export.META}.tmp"
+    staging.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    staging.replace(folder / export.META)
+    return thresholds

@@ -204,3 +204,27 @@ def test_bootstrap_metrics_match_scikit_learn_with_weights_and_ties() -> None:
     for i in range(4):
         assert auc[i] == pytest.approx(roc_auc_score(y, s, sample_weight=w[i]), abs=1e-12)
         assert ap[i] == pytest.approx(average_precision_score(y, s, sample_weight=w[i]), abs=1e-12)
+
+
+def test_evaluate_purchase_command_on_a_taobao_format_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(3)
+    start = 1_511_539_200  # 2017-11-24 16:00 UTC, midnight in Beijing
+    rows = []
+    for user in range(120):
+        keen = rng.random()  # some users cart and buy more than others
+        t = start + int(rng.integers(0, 86_400))
+        while t < start + 9 * 86_400:
+            weights = np.array([0.8, 0.1 * keen + 0.05, 0.05, 0.1 * keen])
+            kind = rng.choice(["pv", "cart", "fav", "buy"], p=weights / weights.sum())
+            rows.append(f"{user},{rng.integers(1, 300)},{rng.integers(1, 20)},{kind},{t}")
+            t += int(rng.exponential(6 * 3600))
+    path = tmp_path / "taobao.csv"
+    path.write_text("\n".join(rows) + "\n")
+    argv = ["evaluate", "purchase", "--format", "taobao", str(path), "--json", "--bootstrap", "20"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "purchase" and report["rows"] >= report["customers"] > 0
+    assert set(report["models"]) == {"model", "rfm_gbdt", "bgnbd", "recency"}
+    assert 0.0 < report["base_rate"] < 1.0
