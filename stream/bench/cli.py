@@ -149,8 +149,8 @@ def _silent_command(settings: Settings, args: argparse.Namespace) -> int:
         r = bench_silent(users, policy)
         print(
             f"{r.users:>9,} users: index {r.index_bytes / 2**20:,.0f} MiB "
-            f"({r.index_bytes / r.users:,.0f} B/user), touch {r.touch_us:.2f} us/user, "
-            f"pass {r.pass_ms:.1f} ms (slowest {r.slowest_pass_ms:.1f}) per "
+            f"({r.index_bytes / r.users:,.0f} B/user), touch {r.touch_us:.2f} us CPU/user, "
+            f"pass {r.pass_ms:.1f} ms CPU (slowest {r.slowest_pass_ms:.1f}) per "
             f"{policy.max_users_per_pass} users, "
             f"{r.passes:,} passes to re-score {r.rescored:,}"
         )

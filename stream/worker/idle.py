@@ -2,8 +2,9 @@
 
 A user's score is otherwise computed only when their events arrive, so the one a churn
 alert exists for, the user who stopped coming, would keep the score of their last visit.
-This module is pure (no I/O): the pipeline asks it, after each window, which users of the
-window's partitions are due, and scores them with `silence_tokens`.
+This module is pure (no I/O): with each window the pipeline asks it which users of the
+window's partitions are due, and scores them with `silence_tokens` in the same Triton call
+as the window's own users.
 
 Event time, never the wall clock. A partition's clock is the newest event time read from
 it. A user is due at fixed silence levels after their last event: idle_s, then doubling

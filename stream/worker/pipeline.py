@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -125,9 +125,28 @@ class ScoringPipeline:
 
         users = list(window.states)
         states = [window.states[user] for user in users]
-        model = await self._scorer.score(stack_padded(states, self._settings.sequence_length))
+        partitions = [window.partitions[user] for user in users]
+        for user, state, partition in zip(users, states, partitions, strict=True):
+            self.idle.touch(partition, user, state.last_ts_ms)
+        # Users gone quiet in these partitions ride in the same Triton call (idle.py); those
+        # among this window's own users (their events came late) go after its table writes.
+        silent, later = self._due_silent(sorted(set(partitions)), window.states)
+        length = self._settings.sequence_length
+        tokens = stack_padded(states, length)
+        if silent:
+            silent_states = [state for _, _, state in silent]
+            elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+            tokens = np.concatenate(
+                [tokens, silence_tokens(silent_states, elapsed, self._vocab, length)]
+            )
+            users += [entry.user_id for _, entry, _ in silent]
+            states += silent_states
+            partitions += [partition for partition, _, _ in silent]
+        model = await self._scorer.score(tokens)
         started = _observe(stage, "score", started)
-        states, scores, alerts = self._results(users, states, model)
+        silent_ms = [0] * len(window.states)
+        silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+        states, scores, alerts = self._results(users, states, model, silent_ms)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
@@ -138,34 +157,28 @@ class ScoringPipeline:
         for event in window.newest_event.values():
             metrics.EVENT_TO_SCORE.observe(max(0.0, emitted - event.ts_ms / 1000))
         metrics.SCORES_EMITTED.inc(len(scores))
+        metrics.SILENT_RESCORED.inc(len(silent))
         started = _observe(stage, "results", started)
 
-        for user, state in zip(users, states, strict=True):
-            self._table.put(user.encode(), state.to_bytes(), window.partitions[user])
-            self.idle.touch(window.partitions[user], user, state.last_ts_ms)
+        for user, state, partition in zip(users, states, partitions, strict=True):
+            self._table.put(user.encode(), state.to_bytes(), partition)
         started = _observe(stage, "table", started)
-        await self._rescore_silent(sorted(set(window.partitions.values())))
-        _observe(stage, "silent", started)
+        if later:
+            await self._rescore_late(later)
+            _observe(stage, "silent", started)
 
-    async def _rescore_silent(self, partitions: list[int]) -> None:
-        """Users of these partitions whose next silence level the partition's event time has
-        passed: scored on their sequence plus the silence, results and states written as a
-        window's are (so a crash replays them the same way)."""
-        due: list[tuple[int, Due, UserState]] = []
-        for partition in partitions:
-            for entry in self.idle.due(partition):
-                state = self._load(entry.user_id, partition)
-                if state is not None and state.last_ts_ms == entry.last_ts_ms:
-                    due.append((partition, entry, state))
-        if not due:
+    async def _rescore_late(self, due: list[tuple[int, Due]]) -> None:
+        """Silent re-scores of users this window touched, on the states it just wrote."""
+        loaded = [(p, entry, self._load(entry.user_id, p)) for p, entry in due]
+        ready = [(p, e, s) for p, e, s in loaded if s is not None and s.last_ts_ms == e.last_ts_ms]
+        if not ready:
             return
-        users = [entry.user_id for _, entry, _ in due]
-        silent = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in due]
-        tokens = silence_tokens(
-            [state for _, _, state in due], silent, self._vocab, self._settings.sequence_length
-        )
+        elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in ready]
+        states = [state for _, _, state in ready]
+        tokens = silence_tokens(states, elapsed, self._vocab, self._settings.sequence_length)
+        users = [entry.user_id for _, entry, _ in ready]
         model = await self._scorer.score(tokens)
-        states, scores, alerts = self._results(users, [state for _, _, state in due], model, silent)
+        states, scores, alerts = self._results(users, states, model, elapsed)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
@@ -173,8 +186,26 @@ class ScoringPipeline:
             self._publisher.results(scores, alerts), self._store.write(scores, alerts)
         )
         metrics.SILENT_RESCORED.inc(len(users))
-        for (partition, _, _), user, state in zip(due, users, states, strict=True):
+        for (partition, _, _), user, state in zip(ready, users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), partition)
+
+    def _due_silent(
+        self, partitions: list[int], window_users: Mapping[str, UserState]
+    ) -> tuple[list[tuple[int, Due, UserState]], list[tuple[int, Due]]]:
+        """Users of these partitions whose next silence level the partition's event time has
+        passed: those outside the window with their stored state (skipped when the table
+        holds a newer event than the index knew), and those inside it."""
+        due: list[tuple[int, Due, UserState]] = []
+        later: list[tuple[int, Due]] = []
+        for partition in partitions:
+            for entry in self.idle.due(partition):
+                if entry.user_id in window_users:
+                    later.append((partition, entry))
+                    continue
+                state = self._load(entry.user_id, partition)
+                if state is not None and state.last_ts_ms == entry.last_ts_ms:
+                    due.append((partition, entry, state))
+        return due, later
 
     def _results(
         self,

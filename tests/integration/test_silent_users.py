@@ -40,16 +40,20 @@ async def _churn_alerts(settings: Settings, user: str) -> list[dict[str, object]
         await engine.dispose()
 
 
+@pytest.mark.parametrize("others_arrive", ["later", "together"])
 async def test_a_quiet_user_gets_a_churn_alert_without_another_event(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, others_arrive: str
 ) -> None:
+    """later: the quiet user's events are scored first, and other users' events (a window
+    without them) move event time on: the usual case. together: all in one window, as when
+    a backlog is read."""
     settings = worker_settings(
         settings, silent_rescore_after_s=3600, silent_rescore_max_s=7 * 86_400
     )
     await prepare(settings)
     now_ms = int(time.time() * 1000)
     last_ms = now_ms - 3 * DAY_MS
-    traffic = Traffic()
+    traffic, others = Traffic(), Traffic()
     # A day of visits 30 minutes apart, then nothing for three days. Under the rules model
     # their churn risk is 0.73 while they visit: below the 0.8 alert threshold.
     for n in range(51):
@@ -58,12 +62,20 @@ async def test_a_quiet_user_gets_a_churn_alert_without_another_event(
     # Other users' events move every partition's event time to now (40 keys over 4
     # partitions); none of them has the history a churn alert needs.
     for u in range(40):
-        traffic.add(Event(f"clock-{u}", f"clock-{u}", now_ms - u * 1000, "view", item_id="i1"))
+        others.add(Event(f"clock-{u}", f"clock-{u}", now_ms - u * 1000, "view", item_id="i1"))
+    if others_arrive == "together":
+        traffic.records += others.records
+        traffic.events_per_user.update(others.events_per_user)
     await produce(settings, settings.topic_events, traffic.records)
 
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         await wait_until_scored(settings, traffic, worker)
+        if others_arrive == "later":
+            assert await _churn_alerts(settings, "quiet") == []  # active, it had no alert
+            await produce(settings, settings.topic_events, others.records)
+            expected = {**traffic.events_per_user, **others.events_per_user}
+            await wait_until_scored(settings, expected, worker)
         deadline = time.monotonic() + 60
         alerts = await _churn_alerts(settings, "quiet")
         while not alerts and time.monotonic() < deadline:
