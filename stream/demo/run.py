@@ -301,7 +301,7 @@ def _capacity_note(run: _Run, options: DemoOptions) -> str | None:
         return None
     return (
         f"The replay offered {options.rate:,.0f} events/s, above the {sustained:,.0f} events/s "
-        "this machine sustained end to end: events queued, so the latencies below include "
+        "this machine sustained end to end: events queued, so the latencies include "
         "time in the backlog. Rerun with a lower --rate for the pipeline's own latency."
     )
 
