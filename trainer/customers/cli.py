@@ -103,7 +103,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"{report['task']} on {report['customers']} held-out customers "
         f"({report['rows']} cut-offs; {report['training_customers']} customers trained on); "
-        f"{report['base_rate']:.1%} {what} within {report['horizon_weeks']:.2f} weeks",
+        f"{report['base_rate']:.1%} {what} within {_horizon(report['horizon_weeks'])}",
         "",
         f"{'':10} {'ROC-AUC [95% interval]':>26} {'PR-AUC [95% interval]':>26}",
     ]
@@ -133,6 +133,10 @@ def render(report: dict[str, Any]) -> str:
             f"{_num(held['recall'])}, base rate {_num(held['base_rate'])}"
         )
     return "\n".join(lines)
+
+
+def _horizon(weeks: float) -> str:
+    return f"{weeks:g} weeks" if weeks >= 1 else f"{weeks * 7 * 24:g} hours"
 
 
 def _num(value: float) -> str:
