@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.settings import StackSettings
 from stream.stack import broker, postgres, process, triton
 from stream.stack.process import StackError
 
@@ -23,7 +23,9 @@ class ServiceStatus:
     detail: str
 
 
-def up(settings: Settings, *, timeout_s: float = 60.0, migrate: bool = True) -> list[ServiceStatus]:
+def up(
+    settings: StackSettings, *, timeout_s: float = 60.0, migrate: bool = True
+) -> list[ServiceStatus]:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     start_database(settings, migrate)
     start_broker(settings, timeout_s)
@@ -31,7 +33,7 @@ def up(settings: Settings, *, timeout_s: float = 60.0, migrate: bool = True) -> 
     return status(settings)
 
 
-def start_broker(settings: Settings, timeout_s: float) -> None:
+def start_broker(settings: StackSettings, timeout_s: float) -> None:
     record = process.load(settings.run_dir, broker.NAME)
     if record is not None and process.is_alive(record):
         return
@@ -50,7 +52,7 @@ def start_broker(settings: Settings, timeout_s: float) -> None:
     )
 
 
-def start_triton(settings: Settings, timeout_s: float) -> None:
+def start_triton(settings: StackSettings, timeout_s: float) -> None:
     record = process.load(settings.run_dir, triton.NAME)
     if record is not None and process.is_alive(record):
         return
@@ -66,7 +68,7 @@ def start_triton(settings: Settings, timeout_s: float) -> None:
     )
 
 
-def start_database(settings: Settings, migrate: bool) -> None:
+def start_database(settings: StackSettings, migrate: bool) -> None:
     if postgres.is_sqlite(settings):
         path = postgres.url_of(settings).database
         if path:
@@ -83,7 +85,7 @@ def start_database(settings: Settings, migrate: bool) -> None:
         migrations.upgrade(settings)
 
 
-def down(settings: Settings) -> list[str]:
+def down(settings: StackSettings) -> list[str]:
     """Stop what we started; return the names of services that were running."""
     stopped = [name for name in (triton.NAME, broker.NAME) if process.stop(settings.run_dir, name)]
     if postgres.stop_cluster(settings):
@@ -91,11 +93,11 @@ def down(settings: Settings) -> list[str]:
     return stopped
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
+def status(settings: StackSettings) -> list[ServiceStatus]:
     return [_broker_status(settings), _triton_status(settings), _database_status(settings)]
 
 
-def _broker_status(settings: Settings) -> ServiceStatus:
+def _broker_status(settings: StackSettings) -> ServiceStatus:
     record = process.load(settings.run_dir, broker.NAME)
     where = settings.broker_servers
     if record is not None and not process.is_alive(record):
@@ -106,7 +108,7 @@ def _broker_status(settings: Settings) -> ServiceStatus:
     return ServiceStatus(broker.NAME, False, f"no broker answers at {where}")
 
 
-def _triton_status(settings: Settings) -> ServiceStatus:
+def _triton_status(settings: StackSettings) -> ServiceStatus:
     record = process.load(settings.run_dir, triton.NAME)
     where = settings.triton_http_url
     if record is not None and not process.is_alive(record):
@@ -120,7 +122,7 @@ def _triton_status(settings: Settings) -> ServiceStatus:
     )
 
 
-def _database_status(settings: Settings) -> ServiceStatus:
+def _database_status(settings: StackSettings) -> ServiceStatus:
     url = postgres.url_of(settings)
     shown = url.render_as_string(hide_password=True)
     try:

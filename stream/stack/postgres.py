@@ -12,18 +12,18 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-from stream.settings import Settings
+from stream.settings import StackSettings
 from stream.stack.process import StackError, port_open
 
 NAME = "postgres"
 INSTALL_HINT = "install PostgreSQL (Debian: `apt-get install postgresql`)"
 
 
-def url_of(settings: Settings) -> URL:
+def url_of(settings: StackSettings) -> URL:
     return make_url(settings.database_url)
 
 
-def is_sqlite(settings: Settings) -> bool:
+def is_sqlite(settings: StackSettings) -> bool:
     return url_of(settings).get_backend_name() == "sqlite"
 
 
@@ -38,7 +38,7 @@ async def _connect(url: URL, database: str):  # type: ignore[no-untyped-def]
     return await asyncpg.connect(_asyncpg_dsn(url, database), timeout=3)
 
 
-def server_answers(settings: Settings) -> bool:
+def server_answers(settings: StackSettings) -> bool:
     url = url_of(settings)
 
     async def probe() -> bool:
@@ -52,7 +52,7 @@ def server_answers(settings: Settings) -> bool:
     return asyncio.run(probe())
 
 
-def ensure_database(settings: Settings, database: str | None = None) -> str:
+def ensure_database(settings: StackSettings, database: str | None = None) -> str:
     """Create the database named in the URL (or `database`) unless it exists."""
     url = url_of(settings)
     name = database or url.database
@@ -72,7 +72,7 @@ def ensure_database(settings: Settings, database: str | None = None) -> str:
     return name
 
 
-def drop_database(settings: Settings, database: str) -> None:
+def drop_database(settings: StackSettings, database: str) -> None:
     url = url_of(settings)
 
     async def drop() -> None:
@@ -118,7 +118,7 @@ def cluster_dir(run_dir: Path) -> Path:
     return run_dir / "pgdata"
 
 
-def start_cluster(settings: Settings) -> None:
+def start_cluster(settings: StackSettings) -> None:
     url = url_of(settings)
     host, port = url.host or "127.0.0.1", url.port or 5432
     if port_open(host, port):
@@ -150,7 +150,7 @@ def start_cluster(settings: Settings) -> None:
     _run([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"])
 
 
-def stop_cluster(settings: Settings) -> bool:
+def stop_cluster(settings: StackSettings) -> bool:
     data = cluster_dir(settings.run_dir)
     if not (data / "postmaster.pid").exists():
         return False
