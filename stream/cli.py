@@ -100,6 +100,7 @@ def _actions(settings: ActionsSettings, args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from stream.ops import action_metrics
     from stream.ops.actions import run_actions
 
     async def serve() -> None:
@@ -111,6 +112,7 @@ def _actions(settings: ActionsSettings, args: argparse.Namespace) -> int:
         await run_actions(settings, stop=stop)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    action_metrics.serve(settings)
     asyncio.run(serve())
     return 0
 

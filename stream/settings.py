@@ -251,6 +251,9 @@ class ActionsSettings(KafkaSettings, DatabaseSettings):
     webhook_max_attempts: int = Field(
         5, ge=1, description="POSTs per action before it is marked failed."
     )
+    actions_metrics_port: int = Field(
+        9109, ge=0, description="Prometheus /metrics port of `clickscore actions`; 0 disables."
+    )
 
 
 class TrainerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSettings):

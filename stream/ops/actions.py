@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stream.db.models import RetentionAction
 from stream.kafka_security import aiokafka_options
+from stream.ops import action_metrics
 from stream.retry import backoff_delays, retry_forever, summary
 from stream.settings import ActionsSettings
 from stream.sinks.postgres import create_engine, insert_for, is_retriable_db_error
@@ -213,6 +214,7 @@ async def post_action(
                 error, retriable = f"HTTP {r.status}", _retriable_status(r.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = summary(exc)
+        action_metrics.WEBHOOK_FAILURES.inc()
         log.warning(
             "webhook POST of action %s failed (attempt %d of %d): %s",
             alert.alert_id,
@@ -272,13 +274,17 @@ async def _consume(
         alerts = churn_alerts(records, stats)
         if alerts:
             pending = await store.record(alerts)
+            action_metrics.ACTIONS_RECORDED.inc(len(alerts))
             if session is not None and pending:
                 outcomes = await _deliver(
                     session, settings, [a for a in alerts if a.alert_id in pending]
                 )
                 await store.finish(outcomes)
-                stats.delivered += sum(o.delivered for o in outcomes)
-                stats.failed += sum(not o.delivered for o in outcomes)
+                delivered = sum(o.delivered for o in outcomes)
+                stats.delivered += delivered
+                stats.failed += len(outcomes) - delivered
+                action_metrics.ACTIONS_DELIVERED.inc(delivered)
+                action_metrics.ACTIONS_FAILED.inc(len(outcomes) - delivered)
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
         await _commit(consumer, offsets, settings)
 
