@@ -152,8 +152,12 @@ def _as_server_user(argv: list[str]) -> list[str]:
 
 def _loopback(host: str) -> bool:
     try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass  # a name, such as localhost
+    try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 
