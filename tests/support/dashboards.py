@@ -18,6 +18,7 @@ DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "clickscore.yml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
+RULES_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 
 # Words of PromQL that look like names but are not series.
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}

@@ -4,8 +4,13 @@ either: the JSON and YAML load, and every metric they read is one that something
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 
 # Imported for their side effect: each registers its metrics in prometheus_client's registry.
@@ -169,10 +174,68 @@ def test_each_rule_reads_its_signal(alert: str, metric: str) -> None:
 
 def test_prometheus_loads_the_rules_and_scrapes_the_jobs_the_rules_name() -> None:
     config = dashboards.load_yaml(dashboards.PROMETHEUS)
-    # deploy/prometheus is mounted at /etc/prometheus (docker-compose.yml).
+    # Relative to the config file, as Prometheus reads them.
     for path in config["rule_files"]:
-        assert (dashboards.PROMETHEUS.parent / path.removeprefix("/etc/prometheus/")).is_file()
+        assert (dashboards.PROMETHEUS.parent / path).resolve() == dashboards.RULES
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     for rule in dashboards.alert_rules():
         for job in re.findall(r'job="([^"]+)"', rule["expr"]):
             assert job in jobs, rule["alert"]
+
+
+def _promtool() -> str:
+    """promtool from the venv (`make test` unpacks it there) or PATH; missing fails the run."""
+    beside = Path(sys.executable).parent / "promtool"
+    found = str(beside) if beside.is_file() else shutil.which("promtool")
+    if found is None:
+        pytest.fail(
+            "promtool is missing: `make test` unpacks it into .venv/bin from Debian's "
+            "prometheus package; elsewhere put Prometheus's promtool on PATH.",
+            pytrace=False,
+        )
+    return found
+
+
+def _promtool_run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_promtool_accepts_the_prometheus_config_and_its_rules() -> None:
+    done = _promtool_run(
+        "check", "config", dashboards.PROMETHEUS.name, cwd=dashboards.DEPLOY / "prometheus"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 rule files found" in done.stdout
+
+
+def test_the_alert_rules_fire_on_their_signal_and_stay_quiet_short_of_it() -> None:
+    """deploy/prometheus/alerts.test.yml: promtool's rule unit tests, series in, alerts out."""
+    done = _promtool_run("test", "rules", "alerts.test.yml", cwd=dashboards.DEPLOY / "prometheus")
+    assert done.returncode == 0, done.stdout + done.stderr
+    tested = {
+        t["alertname"]
+        for c in dashboards.load_yaml(dashboards.RULES_TESTS)["tests"]
+        for t in c["alert_rule_test"]
+    }
+    assert tested == ALERTS
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    # Grafana fills in $__rate_interval; any range stands in for it here.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": e.replace("$__rate_interval", "1m")}
+                    for i, e in enumerate(dashboards.dashboard_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    done = _promtool_run("check", "rules", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
