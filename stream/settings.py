@@ -175,7 +175,15 @@ class EventSettings(CoreSettings):
     )
 
 
-class WorkerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSettings):
+class MetricsSettings(CoreSettings):
+    """Where a service's Prometheus endpoint binds (each service has its own port field)."""
+
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoints bind.")
+
+
+class WorkerSettings(
+    KafkaSettings, DatabaseSettings, TritonSettings, EventSettings, MetricsSettings
+):
     """`clickscore worker`."""
 
     batch_size: int = Field(
@@ -218,7 +226,6 @@ class WorkerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSetti
         4096, ge=1, description="Events buffered per partition before consumption pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
-    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
     metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
     pseudonymise_key: SecretStr | None = Field(
         None,
@@ -238,7 +245,7 @@ class WorkerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSetti
         return self.flush_delay_ms / 1000.0
 
 
-class ActionsSettings(KafkaSettings, DatabaseSettings):
+class ActionsSettings(KafkaSettings, DatabaseSettings, MetricsSettings):
     """`clickscore actions`, the retention-actions consumer."""
 
     actions_group: str = Field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, start_http_server
 
-from stream.settings import Settings
+from stream.settings import ActionsSettings
 
 ACTIONS_RECORDED = Counter(
     "clickscore_actions_recorded",
@@ -27,7 +27,7 @@ WEBHOOK_FAILURES = Counter(
 )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: ActionsSettings) -> None:
     """Expose /metrics unless actions_metrics_port is 0. Binds to loopback by default."""
     if settings.actions_metrics_port:
         start_http_server(settings.actions_metrics_port, addr=settings.metrics_host)
