@@ -20,7 +20,7 @@ import numpy.typing as npt
 from stream.contract.events import Event, ValidationLimits, parse_event
 from stream.contract.tokenizer import Vocabulary
 from stream.kafka_security import aiokafka_options
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
 from trainer.thresholds import threshold_for_precision
@@ -54,7 +54,7 @@ class Split:
     anomalous: set[str]
 
 
-def read_topic(settings: Settings, limit: int) -> list[Event]:
+def read_topic(settings: TrainerSettings, limit: int) -> list[Event]:
     """The newest `limit` valid events of the events topic (read to its current end)."""
     import asyncio
 
@@ -86,7 +86,7 @@ def read_topic(settings: Settings, limit: int) -> list[Event]:
 
 
 def load_events(
-    settings: Settings, args: TrainArgs
+    settings: TrainerSettings, args: TrainArgs
 ) -> tuple[list[Event], dict[str, tuple[str, int] | None], dict[str, Any]]:
     """Events (time-sorted), known anomalies per user, and a description for the export."""
     if args.data == "synthetic":
@@ -114,7 +114,7 @@ def load_events(
     return events, {}, {**desc, "events": len(events)}
 
 
-def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
+def spec_of(settings: TrainerSettings, seed: int) -> data.ExampleSpec:
     return data.ExampleSpec(
         churn_horizon_ms=settings.churn_horizon_s * 1000,
         purchase_horizon_ms=settings.purchase_horizon_s * 1000,
@@ -124,7 +124,7 @@ def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
 
 
 def split(
-    settings: Settings,
+    settings: TrainerSettings,
     events: list[Event],
     anomalies: dict[str, tuple[str, int] | None],
     seed: int,
@@ -153,7 +153,7 @@ def split(
     )
 
 
-def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
+def configs(settings: TrainerSettings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
     extra: dict[str, Any] = dict(TINY_MODEL) if args.tiny else {}
     model_config = ModelConfig(
         field_sizes=Vocabulary().field_sizes, sequence_length=settings.sequence_length, **extra
@@ -164,7 +164,7 @@ def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConf
 
 
 def train_candidate(
-    settings: Settings, args: TrainArgs, on_step: StepCallback | None = None
+    settings: TrainerSettings, args: TrainArgs, on_step: StepCallback | None = None
 ) -> tuple[Path, data.Examples]:
     events, anomalies, description = load_events(settings, args)
     parts = split(settings, events, anomalies, args.seed)
@@ -198,7 +198,7 @@ def train_candidate(
 
 
 def alert_thresholds(
-    settings: Settings, model: Any, validation: data.Examples
+    settings: TrainerSettings, model: Any, validation: data.Examples
 ) -> dict[str, dict[str, Any]]:
     """The churn alert threshold for the target precision, on the validation users."""
     target = settings.churn_alert_precision
@@ -219,7 +219,7 @@ def alert_thresholds(
     return {"churn": picked.to_dict()}
 
 
-def store_thresholds(settings: Settings, folder: Path) -> dict[str, dict[str, Any]]:
+def store_thresholds(settings: TrainerSettings, folder: Path) -> dict[str, dict[str, Any]]:
     """Pick the churn alert threshold of an already exported version on its own validation
     users and write it into its model_config.json (for versions exported before thresholds
     were). Synthetic training data only: it is regenerated from the recorded config."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import faust
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.tables import UserStateTable
 from stream.worker.topics import Topics
@@ -26,7 +26,7 @@ def register_agents(
     topics: Topics,
     table: UserStateTable,
     pipeline: ScoringPipeline,
-    settings: Settings,
+    settings: WorkerSettings,
     on_start: Callable[[], Awaitable[None]],
 ) -> None:
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]

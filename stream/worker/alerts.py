@@ -37,7 +37,7 @@ from stream.contract.state import UserState
 from stream.contract.tokenizer import FIELDS, GAP_EDGES_S, OUT_OF_ORDER
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from stream.settings import WorkerSettings
 
 ALERT_SCHEMA_VERSION = 1
 # The sustained-burst rule: gap tokens of the last SUSTAINED_WINDOW events under FAST_GAP_S
@@ -70,7 +70,7 @@ class AlertRules:
             raise ValueError("churn_rearm must be below churn_threshold")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AlertRules:
+    def from_settings(cls, settings: WorkerSettings) -> AlertRules:
         return cls(
             churn_threshold=settings.churn_alert_threshold,
             churn_rearm=settings.churn_rearm_threshold,

@@ -1,10 +1,10 @@
-"""Prometheus metrics of the worker, served on Settings.metrics_host:metrics_port."""
+"""Prometheus metrics of the worker, served on WorkerSettings.metrics_host:metrics_port."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
@@ -53,7 +53,7 @@ CONSUMER_LAG = Gauge(
 )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: WorkerSettings) -> None:
     """Expose /metrics unless metrics_port is 0. Binds to loopback by default."""
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from stream.contract.tokenizer import NUM_FIELDS
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker import metrics
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def is_retriable(exc: BaseException) -> bool:
 
 
 class TritonScorer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
         self._client: grpcclient.InferenceServerClient | None = None
         self._limit = asyncio.Semaphore(settings.triton_max_concurrency)

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 
 FORMATS = ("cdnow", "taobao", "rees46", "retailrocket", "jsonl")
 
@@ -67,7 +67,7 @@ def _events(args: argparse.Namespace) -> Any:
     return loaders.load(args.format, args.path)
 
 
-def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+def run_evaluate(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer.customers import cohorts
     from trainer.customers.scorecard import ScorecardArgs, scorecard
 
