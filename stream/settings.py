@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     triton_model: str = Field("clickscore", description="Model name in the Triton repository.")
     triton_max_concurrency: int = Field(8, ge=1, description="In-flight Triton requests.")
     triton_timeout_s: float = Field(5.0, gt=0, description="Per-request Triton deadline.")
+    reconnect_max_backoff_ms: int = Field(
+        1000,
+        ge=10,
+        description="Longest wait before trying Triton or the broker again after a failed call "
+        "(also gRPC's reconnect backoff): bounds how long scoring lags once they are back.",
+    )
 
     # --- Database ------------------------------------------------------------------------
     database_url: str = Field(
@@ -102,6 +108,12 @@ class Settings(BaseSettings):
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
     metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
     log_level: str = Field("INFO", description="Log level of the worker and services.")
+    startup_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long the worker waits at start for the broker, Triton and the database "
+        "to accept connections before it exits with an error naming the setting.",
+    )
 
     # --- Event validation ---------------------------------------------------------------
     max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")

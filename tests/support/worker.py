@@ -65,6 +65,21 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
 
+    def terminate(self, timeout_s: float = 30.0) -> float:
+        """SIGTERM, then wait for the process to exit by itself; the seconds it took."""
+        assert self.proc is not None and self.alive(), self.log_tail()
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"no exit {timeout_s} s after SIGTERM:\n{self.log_tail()}"
+            ) from None
+        return time.monotonic() - started
+
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])

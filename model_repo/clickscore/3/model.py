@@ -23,6 +23,22 @@ HERE = Path(__file__).resolve().parent
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
 
 
+def check_numpy(version: str = np.__version__) -> None:
+    """Refuse to load where Triton 2.51's python backend cannot answer.
+
+    Its stub is built against numpy 1: under numpy 2 the model loads and reports ready, yet
+    every response carries zero-byte output tensors, and the worker could only retry them.
+    A load that fails with this message is found at once instead.
+    """
+    if int(version.split(".")[0]) >= 2:
+        raise RuntimeError(
+            f"clickscore: numpy {version} is installed where this model runs, but Triton "
+            "2.51's python backend needs numpy<2 (under numpy 2 it answers every request "
+            "with empty outputs). Install numpy<2 in the environment whose bin is first on "
+            "tritonserver's PATH, or point the model's EXECUTION_ENV_PATH at one."
+        )
+
+
 def load_network(folder: Path) -> Any:
     """network.py of this version folder as a module (registered for its dataclasses)."""
     name = f"clickscore_network_{abs(hash(str(folder)))}"
@@ -36,6 +52,7 @@ def load_network(folder: Path) -> Any:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        check_numpy()
         meta = json.loads((HERE / "model_config.json").read_text())
         network = load_network(HERE)
         self.config = network.ModelConfig.from_dict(meta["model"])
