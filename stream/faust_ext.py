@@ -33,7 +33,11 @@ Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.
    window when the body that handled it ends, by an exception or a cancellation too, and
    acknowledged offsets get committed. `withhold_acks` marks the window's messages as
    already acknowledged, which makes that acknowledgement a no-op for the consumer: their
-   offsets are never committed, and the next start reads them again.
+   offsets are never committed, and the next start reads them again. At shutdown, Faust's
+   consumer also waits for every message handed to a stream to be acknowledged (its
+   `wait_empty`), including those still buffered behind the unfinished window:
+   `withhold_unfinished` marks those the same way, so the shutdown ends, committing only
+   what was really done.
 
 5. A stop request before Faust's shutdown. Faust's worker stops on SIGTERM/SIGINT by waiting
    for the streams to empty; a window that waits out a fault would hold that forever.
@@ -154,6 +158,12 @@ def withhold_acks(events: Iterable[faust.EventT]) -> None:
         # Message.ack returns early for a message already marked: the consumer never
         # records the offset, so commits stop below it.
         event.message.acked = True
+
+
+def withhold_unfinished(app: faust.App) -> None:
+    """Mark every message the consumer still waits for, so shutdown commits none of them."""
+    for message in list(app.consumer._unacked_messages):
+        message.acked = True
 
 
 # --- 5. a stop request before Faust's shutdown --------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import faust
 
-from stream.faust_ext import withhold_acks
+from stream.faust_ext import withhold_acks, withhold_unfinished
 from stream.retry import Stopping
 from stream.settings import Settings
 from stream.worker.pipeline import ScoringPipeline
@@ -56,10 +56,12 @@ def register_agents(
                 await _process(pipeline, messages)
             except Stopping:
                 withhold_acks(events)
+                withhold_unfinished(app)
                 _log_unfinished(messages)
                 return  # the worker is shutting down: take no further window
             except BaseException:  # cancelled by the shutdown, or a bug in the fallback
                 withhold_acks(events)
+                withhold_unfinished(app)
                 _log_unfinished(messages)
                 raise
 

@@ -36,6 +36,9 @@ def check_port_free(host: str, port: int, setting: str) -> None:
     if not port:
         return
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the servers themselves bind: a port left in TIME_WAIT by a process that just
+        # exited is free to them.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -103,17 +106,33 @@ def persisted_offsets(table_files: Path, table: str) -> dict[int, int]:
 
 
 async def changelog_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """End offset per partition of `topic`; empty when the broker does not have it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_servers, **aiokafka_options(settings)
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [
+        p["partition"] for t in described if t.get("error_code") == 0 for p in t["partitions"]
+    ]
+    if not partitions:
+        return {}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker_servers, **aiokafka_options(settings)
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            return {}
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        tps = [TopicPartition(topic, p) for p in partitions]
+        # Assigned first: aiokafka's stop() of a consumer that never had an assignment
+        # raises CancelledError from its own background task.
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()
