@@ -25,8 +25,9 @@ from aiokafka import AIOKafkaProducer
 from stream.contract.events import Event, event_to_json
 from stream.settings import Settings
 from stream.stack import broker, local, postgres, process
+from stream.stack.process import free_port
 from stream.worker.tables import TABLE_NAME
-from tests.conftest import FAILING_RULES_MODEL, free_port, load_model
+from tests.conftest import FAILING_RULES_MODEL, load_model
 from tests.support.checks import (
     committed_total,
     metric,
