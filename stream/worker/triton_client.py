@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,8 +61,9 @@ class ModelScores:
     purchase: npt.NDArray[np.float32]
     anomaly: npt.NDArray[np.float32]
     model_versions: list[str]  # per row: a hot swap may land between two requests
-    # Per row: why Triton refused the request holding it (INVALID_ARGUMENT), or None.
-    rejected: list[str | None]
+    # Per row: why Triton refused the request holding it (INVALID_ARGUMENT), or None; empty
+    # when no row was refused.
+    rejected: list[str | None] = field(default_factory=list)
 
 
 def is_model_failure(exc: BaseException) -> bool:
