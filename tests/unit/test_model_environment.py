@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 
 from stream.settings import PROJECT_ROOT
 
-MODEL_FILES = [PROJECT_ROOT / "trainer" / "triton_model.py"] + sorted(
-    (PROJECT_ROOT / "model_repo" / "clickscore").glob("*/model.py")
-)
+TEMPLATE = PROJECT_ROOT / "trainer" / "triton_model.py"
+VERSIONS = sorted((PROJECT_ROOT / "model_repo" / "clickscore").glob("*/model.py"))
 
 
 def test_numpy_2_is_refused_with_a_clear_error() -> None:
@@ -21,8 +21,8 @@ def test_numpy_2_is_refused_with_a_clear_error() -> None:
         check_numpy("2.5.0")
 
 
-def _initialize_calls_check_numpy(path: object) -> bool:
-    tree = ast.parse(open(str(path)).read())
+def _initialize_calls_check_numpy(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "initialize":
             first = node.body[0]
@@ -35,8 +35,6 @@ def _initialize_calls_check_numpy(path: object) -> bool:
 
 
 def test_the_served_version_and_the_exported_template_check_first() -> None:
-    latest = max(
-        (p for p in MODEL_FILES if p.parent.name.isdigit()), key=lambda p: int(p.parent.name)
-    )
-    for path in (MODEL_FILES[0], latest):
+    latest = max(VERSIONS, key=lambda p: int(p.parent.name))
+    for path in (TEMPLATE, latest):
         assert _initialize_calls_check_numpy(path), f"{path} loads without checking numpy"
