@@ -42,7 +42,7 @@ class WorkerProcess:
             assert self.alive(), f"worker died:\n{self.log_tail()}"
             with self.log_path.open("rb") as log:
                 log.seek(self._log_start)
-                if b"[^Worker]: Ready" in log.read():
+                if b"Worker]: Ready" in log.read():  # Faust's worker, or our subclass of it
                     return
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")

@@ -82,7 +82,9 @@ class TritonPythonModel:
             try:
                 good.append((i, self._tokens(request)))
             except Exception as exc:  # one bad request must not fail the others
-                responses[i] = self._error(exc)
+                # INVALID_ARGUMENT: the worker dead-letters this request's events
+                # (model_rejected) instead of retrying them.
+                responses[i] = self._error(exc, pb_utils.TritonError.INVALID_ARG)
         if good:
             try:
                 batch = torch.from_numpy(np.concatenate([t for _, t in good]).astype(np.int64))
@@ -107,5 +109,9 @@ class TritonPythonModel:
         return responses
 
     @staticmethod
-    def _error(exc: Exception) -> Any:
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"clickscore: {exc}"))
+    def _error(exc: Exception, code: Any = None) -> Any:
+        if code is None:  # Triton's default: INTERNAL, a failing model
+            error = pb_utils.TritonError(f"clickscore: {exc}")
+        else:
+            error = pb_utils.TritonError(f"clickscore: {exc}", code)
+        return pb_utils.InferenceResponse(error=error)
