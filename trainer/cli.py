@@ -1,6 +1,6 @@
 """`clickscore train` and `clickscore model status|rollback`, registered by stream/cli.py.
 
-Handlers take (settings, args) and return an exit code; Settings are built by the caller.
+Handlers take (settings, args) and return an exit code; TrainerSettings are built by the caller.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -78,7 +78,7 @@ def _train_args(args: argparse.Namespace) -> object:
     )
 
 
-def run_train(settings: Settings, args: argparse.Namespace) -> int:
+def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from stream.console import StepBars
     from trainer import promote
     from trainer.refresh import TrainArgs, train_candidate
@@ -99,7 +99,7 @@ def run_train(settings: Settings, args: argparse.Namespace) -> int:
         time.sleep(max(0.0, args.every - (time.monotonic() - started)))
 
 
-def run_status(settings: Settings, args: argparse.Namespace) -> int:
+def run_status(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer import promote
     from trainer.export import versions
 
@@ -119,7 +119,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_rollback(settings: Settings, args: argparse.Namespace) -> int:
+def run_rollback(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer import promote
 
     try:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.load()
+    settings = TrainerSettings.load()
     return int(args.handler(settings, args))
 
 

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from stream.contract.events import Event, ValidationLimits, parse_event
 from stream.contract.tokenizer import Vocabulary
 from stream.kafka_security import aiokafka_options
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
@@ -50,7 +50,7 @@ class Split:
     anomalous: set[str]
 
 
-def read_topic(settings: Settings, limit: int) -> list[Event]:
+def read_topic(settings: TrainerSettings, limit: int) -> list[Event]:
     """The newest `limit` valid events of the events topic (read to its current end)."""
     import asyncio
 
@@ -82,7 +82,7 @@ def read_topic(settings: Settings, limit: int) -> list[Event]:
 
 
 def load_events(
-    settings: Settings, args: TrainArgs
+    settings: TrainerSettings, args: TrainArgs
 ) -> tuple[list[Event], dict[str, tuple[str, int] | None], dict[str, Any]]:
     """Events (time-sorted), known anomalies per user, and a description for the export."""
     if args.data == "synthetic":
@@ -110,7 +110,7 @@ def load_events(
     return events, {}, {**desc, "events": len(events)}
 
 
-def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
+def spec_of(settings: TrainerSettings, seed: int) -> data.ExampleSpec:
     return data.ExampleSpec(
         churn_horizon_ms=settings.churn_horizon_s * 1000,
         purchase_horizon_ms=settings.purchase_horizon_s * 1000,
@@ -120,7 +120,7 @@ def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
 
 
 def split(
-    settings: Settings,
+    settings: TrainerSettings,
     events: list[Event],
     anomalies: dict[str, tuple[str, int] | None],
     seed: int,
@@ -148,7 +148,7 @@ def split(
     )
 
 
-def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
+def configs(settings: TrainerSettings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
     extra: dict[str, Any] = dict(TINY_MODEL) if args.tiny else {}
     model_config = ModelConfig(
         field_sizes=Vocabulary().field_sizes, sequence_length=settings.sequence_length, **extra
@@ -159,7 +159,7 @@ def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConf
 
 
 def train_candidate(
-    settings: Settings, args: TrainArgs, on_step: StepCallback | None = None
+    settings: TrainerSettings, args: TrainArgs, on_step: StepCallback | None = None
 ) -> tuple[Path, data.Examples]:
     events, anomalies, description = load_events(settings, args)
     parts = split(settings, events, anomalies, args.seed)

@@ -80,7 +80,8 @@ class _Run:
 
 def _demo_settings(settings: Settings) -> Settings:
     """Topics of this run's own, a fresh demo database, and free ports for the worker's
-    metrics (the live view reads them) and Faust web server, so every demo starts clean.
+    metrics (the live view reads them), the actions service's metrics and Faust's web
+    server, so every demo starts clean.
 
     The table lives in memory, as in `clickscore bench`: a demo run is thrown away, and its
     state with it, and no persisted offset can disagree with a fresh changelog topic.
@@ -93,6 +94,7 @@ def _demo_settings(settings: Settings) -> Settings:
         run,
         database_url=url.render_as_string(hide_password=False),
         metrics_port=free_port(settings.metrics_host),
+        actions_metrics_port=free_port(settings.metrics_host),
         worker_web_port=free_port(),
         table_store="memory://",
     )

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Sequence
 from stream.contract.events import Rejection
 from stream.faults import is_retriable_kafka_error
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.alerts import Alert, alert_to_json
 from stream.worker.scores import Score, score_to_json
 from stream.worker.window import Message
@@ -76,7 +76,7 @@ class KafkaPublisher:
     def __init__(
         self,
         producer: object,
-        settings: Settings,
+        settings: WorkerSettings,
         *,
         stop: asyncio.Event | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,

@@ -21,7 +21,7 @@ from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
 from stream.faults import is_retriable_db_error
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import DatabaseSettings
 from stream.worker.alerts import Alert
 from stream.worker.scores import Score
 
@@ -31,7 +31,7 @@ SCORE_TABLE: Table = UserScore.__table__  # type: ignore[assignment]
 ALERT_TABLE: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     # pre_ping replaces pooled connections a restarted server has dropped; hide_parameters
     # keeps row values out of error messages, which are logged.
     return create_async_engine(settings.database_url, pool_pre_ping=True, hide_parameters=True)
@@ -98,7 +98,7 @@ def alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
 class ResultStore:
     """Writes scores and alerts to the database; retries while the database is unreachable."""
 
-    def __init__(self, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    def __init__(self, settings: DatabaseSettings, *, stop: asyncio.Event | None = None) -> None:
         self._settings = settings
         self._stop = stop
         self._engine: AsyncEngine | None = None

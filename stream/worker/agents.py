@@ -19,7 +19,7 @@ import faust
 
 from stream.faust_ext import withhold_acks, withhold_unfinished
 from stream.retry import Stopping
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.tables import UserStateTable
 from stream.worker.topics import Topics
@@ -33,7 +33,7 @@ def register_agents(
     topics: Topics,
     table: UserStateTable,
     pipeline: ScoringPipeline,
-    settings: Settings,
+    settings: WorkerSettings,
     on_start: Callable[[], Awaitable[None]],
 ) -> None:
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]

@@ -36,7 +36,7 @@ import orjson
 from stream.contract.state import UserState
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from stream.settings import WorkerSettings
 
 ALERT_SCHEMA_VERSION = 1
 CHURN = "churn"
@@ -59,7 +59,7 @@ class AlertRules:
             raise ValueError("churn_rearm must be below churn_threshold")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AlertRules:
+    def from_settings(cls, settings: WorkerSettings) -> AlertRules:
         return cls(
             churn_threshold=settings.churn_alert_threshold,
             churn_rearm=settings.churn_rearm_threshold,

@@ -1,4 +1,4 @@
-"""The Faust application: one per worker process, configured from Settings."""
+"""The Faust application: one per worker process, configured from WorkerSettings."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import faust
 
 from stream.faust_ext import ClickscoreApp, SeekSafeTableManager, check_versions
 from stream.kafka_security import faust_credentials
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 
-def worker_folder(settings: Settings) -> Path:
+def worker_folder(settings: WorkerSettings) -> Path:
     """Where this worker's RocksDB table files live.
 
     They belong to one consumer group's changelog (a new group, or recreated topics, must not
@@ -23,7 +23,7 @@ def worker_folder(settings: Settings) -> Path:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: WorkerSettings) -> faust.App:
     check_versions()
     folder = worker_folder(settings)
     folder.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level

@@ -9,7 +9,7 @@ from faust.types import TP
 
 from stream import logs
 from stream.faust_ext import StopAwareWorker
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.sinks.postgres import ResultStore
 from stream.worker import metrics, preflight
@@ -21,7 +21,9 @@ from stream.worker.topics import declare_topics
 from stream.worker.triton_client import TritonScorer
 
 
-def build_worker(settings: Settings, stop: asyncio.Event, health: metrics.Health) -> faust.App:
+def build_worker(
+    settings: WorkerSettings, stop: asyncio.Event, health: metrics.Health
+) -> faust.App:
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = user_state_table(app, settings)
@@ -52,7 +54,7 @@ def build_worker(settings: Settings, stop: asyncio.Event, health: metrics.Health
     return app
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: WorkerSettings) -> None:
     logs.configure(settings.log_level)
     preflight.check_services(settings)
     if settings.table_store.startswith("rocksdb"):

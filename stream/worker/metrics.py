@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.preflight import StartupError
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
@@ -117,7 +117,7 @@ class Health:
         return {"status": "unhealthy" if problems else "ok", "problems": problems}
 
 
-def serve(settings: Settings, health: Health) -> ThreadingHTTPServer | None:
+def serve(settings: WorkerSettings, health: Health) -> ThreadingHTTPServer | None:
     """/metrics and /health on metrics_host:metrics_port (none when metrics_port is 0)."""
     if not settings.metrics_port:
         return None

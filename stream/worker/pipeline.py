@@ -32,7 +32,7 @@ from stream.contract.events import Rejection, ValidationLimits
 from stream.contract.state import UserState, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.retry import Stopping, retry_forever, summary
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
 from stream.worker.alerts import Alert, AlertRules, evaluate
@@ -60,7 +60,7 @@ class ResultSink(Protocol):
     async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None: ...
 
 
-def validation_limits(settings: Settings) -> ValidationLimits:
+def validation_limits(settings: WorkerSettings) -> ValidationLimits:
     return ValidationLimits(
         max_payload_bytes=settings.max_payload_bytes,
         max_age_s=settings.max_event_age_s,
@@ -78,7 +78,7 @@ def _observe(stage: Histogram, name: str, started: float) -> float:
 class ScoringPipeline:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         table: StateTable,
         scorer: Scorer,
         store: ResultSink,

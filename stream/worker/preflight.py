@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from stream.kafka_security import aiokafka_options
-from stream.settings import Settings, host_port
+from stream.settings import KafkaSettings, WorkerSettings, host_port
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_reachable(address: str, setting: str, what: str, wait_s: float) -> Non
         time.sleep(0.5)
 
 
-def check_services(settings: Settings) -> None:
+def check_services(settings: WorkerSettings) -> None:
     check_port_free(settings.metrics_host, settings.metrics_port, "CLICKSCORE_METRICS_PORT")
     check_port_free(settings.metrics_host, settings.worker_web_port, "CLICKSCORE_WORKER_WEB_PORT")
     wait_s = settings.startup_wait_s
@@ -105,7 +105,7 @@ def persisted_offsets(table_files: Path, table: str) -> dict[int, int]:
     return found
 
 
-async def changelog_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+async def changelog_end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
     """End offset per partition of `topic`; empty when the broker does not have it."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
@@ -138,7 +138,7 @@ async def changelog_end_offsets(settings: Settings, topic: str) -> dict[int, int
         await consumer.stop()
 
 
-def discard_stale_tables(settings: Settings, folder: Path, table: str, changelog: str) -> bool:
+def discard_stale_tables(settings: KafkaSettings, folder: Path, table: str, changelog: str) -> bool:
     """Remove `folder` when its table files are newer than the changelog; True if removed."""
     if not folder.exists():
         return False

@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 from stream.contract.tokenizer import NUM_FIELDS
 from stream.faults import is_request_rejected, is_transient_triton_error
 from stream.retry import retry_forever, summary
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker import metrics
 from stream.worker.metrics import Health
 
@@ -77,7 +77,7 @@ def is_model_failure(exc: BaseException) -> bool:
     )
 
 
-def channel_args(settings: Settings) -> list[tuple[str, int]]:
+def channel_args(settings: WorkerSettings) -> list[tuple[str, int]]:
     """gRPC channel options: tritonclient's message limits, and a short reconnect backoff.
 
     gRPC backs off reconnecting to a server that refused connections, up to 120 s by
@@ -97,7 +97,7 @@ def channel_args(settings: Settings) -> list[tuple[str, int]]:
 class TritonScorer:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         *,
         health: Health | None = None,
         stop: asyncio.Event | None = None,
