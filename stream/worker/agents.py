@@ -38,7 +38,10 @@ def register_agents(
 ) -> None:
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]
     async def score_events(stream: faust.StreamT[Any]) -> None:
-        await on_start()  # connect to Triton and the database inside the running loop
+        try:
+            await on_start()  # connect to Triton and the database inside the running loop
+        except Stopping:
+            return  # stopped while waiting for Triton: no window was taken
         windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
         async for events in windows:
             table.remember(events)
