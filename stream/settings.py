@@ -226,7 +226,9 @@ class WorkerSettings(
         4096, ge=1, description="Events buffered per partition before consumption pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
-    metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
+    metrics_port: int = Field(
+        9108, ge=0, description="Prometheus /metrics and /health port; 0 disables both."
+    )
     startup_wait_s: float = Field(
         30.0,
         ge=0,
