@@ -12,6 +12,7 @@ import pytest
 from stream.contract.events import Rejection
 from stream.contract.state import UserState
 from stream.worker.alerts import Alert
+from stream.worker.metrics import Health
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
@@ -122,3 +123,40 @@ async def test_a_refused_request_dead_letters_its_events_and_the_rest_is_scored(
     ]
     assert [s.user_id for s in outputs.scores] == ["alice"]
     assert list(table.rows) == [b"alice"]  # carol's events do not count until replayed
+
+
+async def test_a_dead_letter_topic_that_refuses_makes_the_worker_unhealthy_until_it_accepts() -> (
+    None
+):
+    class RefusesTwice(RefusesBob):
+        refusals = 2
+
+        async def dead_letters(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise PermissionError("not authorised to write the dead-letter topic")
+            await super().dead_letters(rejected)
+
+    outputs, health = RefusesTwice(), Health()
+    scoring = ScoringPipeline(
+        make_settings(retry_max_backoff_s=0.01),
+        Table(),
+        Scorer(),  # type: ignore[arg-type]
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+        health=health,
+    )
+    seen: list[dict[str, object]] = []
+    original_fail = health.fail
+
+    def fail(component: str, reason: str) -> None:
+        original_fail(component, reason)
+        seen.append(health.report())
+
+    health.fail = fail  # type: ignore[method-assign]
+    await scoring.process_isolated([message("bob", 0, 0)])
+    assert seen and seen[0]["status"] == "unhealthy"
+    assert "not authorised" in str(seen[0]["problems"])
+    assert health.report() == {"status": "ok", "problems": {}}
+    assert [(m.key, r.reason) for m, r in outputs.dead] == [(b"bob", PROCESSING_ERROR)]
