@@ -231,8 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from stream.stack.process import StackError
+        from stream.worker.preflight import StartupError
 
-        if isinstance(exc, StackError):
+        if isinstance(exc, StackError | StartupError):
             print(f"clickscore: {exc}", file=sys.stderr)
             return 2
         raise

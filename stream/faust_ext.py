@@ -1,7 +1,7 @@
 """Every use of Faust internals, in one place, for the faust-streaming version it was read on.
 
 The worker relies on Faust for its consumer, its table and the table's changelog recovery.
-Three things Faust does not let us configure are done here, each through the narrowest hook
+Five things Faust does not let us configure are done here, each through the narrowest hook
 Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.1):
 
 1. The consumer's fetch wait. faust-streaming creates its aiokafka consumer with
@@ -29,14 +29,29 @@ Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.
    which partition's database a read or write goes to. `in_partition_of` makes a chosen event
    current for the duration of one access.
 
+4. Leaving a window unacknowledged. `Stream.take_events` acknowledges every event of a
+   window when the body that handled it ends, by an exception or a cancellation too, and
+   acknowledged offsets get committed. `withhold_acks` marks the window's messages as
+   already acknowledged, which makes that acknowledgement a no-op for the consumer: their
+   offsets are never committed, and the next start reads them again. At shutdown, Faust's
+   consumer also waits for every message handed to a stream to be acknowledged (its
+   `wait_empty`), including those still buffered behind the unfinished window:
+   `withhold_unfinished` marks those the same way, so the shutdown ends, committing only
+   what was really done.
+
+5. A stop request before Faust's shutdown. Faust's worker stops on SIGTERM/SIGINT by waiting
+   for the streams to empty; a window that waits out a fault would hold that forever.
+   `StopAwareWorker` sets an asyncio event first, which the worker's retries observe.
+
 `check_versions()` runs before the app is built and refuses to start on any other version,
 so an upgrade of Faust fails loudly at start instead of losing events quietly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any
@@ -132,3 +147,39 @@ def in_partition_of(event: faust.EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+# --- 4. a window left unacknowledged ----------------------------------------------------------
+
+
+def withhold_acks(events: Iterable[faust.EventT]) -> None:
+    """Keep these events' offsets from being committed by take_events' acknowledgement."""
+    for event in events:
+        # Message.ack returns early for a message already marked: the consumer never
+        # records the offset, so commits stop below it.
+        event.message.acked = True
+
+
+def withhold_unfinished(app: faust.App) -> None:
+    """Mark every message the consumer still waits for, so shutdown commits none of them."""
+    for message in list(app.consumer._unacked_messages):
+        message.acked = True
+
+
+# --- 5. a stop request before Faust's shutdown --------------------------------------------------
+
+
+class StopAwareWorker(faust.Worker):  # type: ignore[misc]
+    """Faust's worker, setting `stop` on SIGTERM or SIGINT before it starts shutting down."""
+
+    def __init__(self, *args: Any, stop: asyncio.Event, **kwargs: Any) -> None:
+        self._stop_requested = stop
+        super().__init__(*args, **kwargs)
+
+    def _on_sigterm(self) -> None:
+        self._stop_requested.set()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._stop_requested.set()
+        super()._on_sigint()

@@ -1,8 +1,10 @@
 """Retry with exponential backoff and jitter, shared by the broker, Triton and database clients.
 
-The caller says which errors are retriable (by type, not by message). A retriable fault is
-retried forever: the work is not done, so the offsets behind it must not be committed either;
-giving up would mean dropping it.
+The caller says which errors are retriable (by type, not by message; stream/faults.py). A
+retriable fault is retried until it succeeds or the process is asked to stop: the work is not
+done, so the offsets behind it must not be committed either; giving up would mean dropping it.
+A stop request (`stop`, set on SIGTERM) ends the wait and the attempt in flight at once with
+`Stopping`, so a worker waiting out a fault still shuts down promptly, its window unacknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 INITIAL_BACKOFF_S = 0.1
+
+
+class Stopping(Exception):
+    """The process was asked to stop while this call was failing: the work is not done."""
 
 
 def backoff_delays(
@@ -54,13 +60,16 @@ async def retry_forever(
     max_backoff_s: float,
     log: logging.Logger | None = None,
     target: str | None = None,
+    stop: asyncio.Event | None = None,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Await `op()` until it succeeds; a non-retriable error is raised at once.
 
     Each failure is logged as a warning with `what` and the error's type and first line, never
     the payload, to `log` (default: this module's), and counted in clickscore_retries_total
     under `target` (default `what`; pass a fixed one when `what` carries counts, so the
-    metric keeps a bounded set of labels). Cancellation (not an Exception) passes through.
+    metric keeps a bounded set of labels); `on_failure` sees each retried error first.
+    Cancellation (not an Exception) passes through; `stop` set raises `Stopping`.
     """
     log = log or _log
     delays = backoff_delays(max_s=max_backoff_s)
@@ -68,13 +77,40 @@ async def retry_forever(
     while True:
         attempt += 1
         try:
-            return await op()
+            return await _unless_stopped(op(), stop, what)
+        except Stopping:
+            raise
         except Exception as exc:
             if not is_retriable(exc):
                 raise
+            if on_failure is not None:
+                on_failure(exc)
             delay = next(delays)
             metrics.RETRIES.labels(target or what).inc()
             log.warning(
                 "%s failed (attempt %d), retrying in %.2f s: %s", what, attempt, delay, summary(exc)
             )
-        await asyncio.sleep(delay)
+        await _unless_stopped(asyncio.sleep(delay), stop, what)
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None, what: str) -> T:
+    """`work`'s result, or `Stopping` (with `work` cancelled) as soon as `stop` is set."""
+    if stop is None:
+        return await work
+    if stop.is_set():
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise Stopping(f"{what}: stop requested")
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise Stopping(f"{what}: stop requested")

@@ -258,7 +258,21 @@ class WorkerSettings(
         4096, ge=1, description="Events buffered per partition before consumption pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
-    metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
+    metrics_port: int = Field(
+        9108, ge=0, description="Prometheus /metrics and /health port; 0 disables both."
+    )
+    startup_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long the worker waits at start for the broker, Triton and the database "
+        "to accept connections before it exits with an error naming the setting.",
+    )
+    reconnect_max_backoff_ms: int = Field(
+        1000,
+        ge=10,
+        description="Longest wait before trying Triton or the broker again after a failed call "
+        "(also gRPC's reconnect backoff): bounds how long scoring lags once they are back.",
+    )
     pseudonymise_key: SecretStr | None = Field(
         None,
         description="HMAC-SHA256 key for user ids in outgoing scores and alerts; None: raw ids.",

@@ -26,6 +26,9 @@ PROJECT_MODELS = PROJECT_ROOT / "model_repo"
 RULES_MODEL = "clickscore-rules"
 # The same rules behind a slow server (every execute sleeps first); loaded by the test using it.
 SLOW_RULES_MODEL = "clickscore-rules-slow"
+# The same code failing every request until its `fail` parameter is swapped to "false".
+FAILING_RULES_MODEL = "clickscore-rules-failing"
+RULES_VARIANTS = (SLOW_RULES_MODEL, FAILING_RULES_MODEL)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -41,14 +44,15 @@ def _test_model_repo(root: Path) -> Path:
         if (model / "config.pbtxt").is_file():
             (repo / model.name).symlink_to(model.resolve())
     for model in (FIXTURES / "model_repo").iterdir():
-        if (model / "config.pbtxt").is_file() and model.name != SLOW_RULES_MODEL:
+        if (model / "config.pbtxt").is_file() and model.name not in RULES_VARIANTS:
             (repo / model.name).symlink_to(model.resolve())
-    # The slow variant is the rules model's code under its own config (a delay_ms parameter).
-    slow = repo / SLOW_RULES_MODEL
-    slow.mkdir()
+    # The variants are the rules model's code under their own config (a parameter each).
     fixtures = (FIXTURES / "model_repo").resolve()
-    (slow / "config.pbtxt").symlink_to(fixtures / SLOW_RULES_MODEL / "config.pbtxt")
-    (slow / "1").symlink_to(fixtures / RULES_MODEL / "1")
+    for name in RULES_VARIANTS:
+        variant = repo / name
+        variant.mkdir()
+        (variant / "config.pbtxt").symlink_to(fixtures / name / "config.pbtxt")
+        (variant / "1").symlink_to(fixtures / RULES_MODEL / "1")
     return repo
 
 

@@ -1,14 +1,22 @@
 """Per-user rolling state, kept in the worker's changelogged table as compact bytes.
 
-Binary layout (little-endian), version 1:
+Binary layout (little-endian), version 2:
 
-    header   87 bytes  see _HEADER
+    header   99 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
+                       and offset (int64) of the last message applied
+
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
     last     n_last * (2-byte length + UTF-8) recent event ids, for alert records
 
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-87 + 768 + 256 + 114 = 1225 bytes.
+99 + 768 + 256 + 114 = 1237 bytes. Version 1 states (no source offset) still load, as states
+that have applied no message yet by offset.
+
+Exactly once by offset: a state remembers the (partition, offset) of the last message folded
+into it, and a message at or below it is skipped. A worker that crashes after writing states
+but before committing offsets re-reads those messages, however many, and changes nothing.
+The event-id memory stays for the other kind of duplicate, an event a producer sent twice.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import numpy.typing as npt
 from stream.contract.events import Event
 from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, tokenize
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+NO_OFFSET = -1
 DEFAULT_MAX_IDS = 32  # at-least-once redelivery repeats a user's last few events, not dozens
 LAST_EVENT_IDS = 3
 EVENT_ID_CHARS = 64
@@ -38,7 +48,8 @@ RATE_WEIGHT = 0.25
 PRIOR_GAP_S = 60.0
 MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 1000/s
 
-_HEADER = struct.Struct("<BBHBBBqqqddddqqq")
+_HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
+_HEADER = struct.Struct("<BBHBBBqqqddddqqqiq")
 _LEN = struct.Struct("<H")
 _FLAG_CHURN_ARMED = 1
 _TOKEN_DTYPE = np.dtype("<u2")
@@ -64,6 +75,17 @@ class UserState:
     last_anomaly_alert_ms: int = 0
     last_burst_alert_ms: int = 0
     last_event_ids: list[str] = field(default_factory=list)
+    source_partition: int = NO_OFFSET
+    source_offset: int = NO_OFFSET
+
+    def has_applied(self, partition: int, offset: int) -> bool:
+        """True when the message at (partition, offset) is already folded into this state."""
+        return partition == self.source_partition and offset <= self.source_offset
+
+    def mark_applied(self, partition: int, offset: int) -> None:
+        """Remember the message just folded in (another partition: the topic was resized)."""
+        if partition != self.source_partition or offset > self.source_offset:
+            self.source_partition, self.source_offset = partition, offset
 
     def __eq__(self, other: object) -> bool:
         # Byte equality: exact for NaN scores and independent of the array's memory layout.
@@ -89,6 +111,8 @@ class UserState:
                 self.last_churn_alert_ms,
                 self.last_anomaly_alert_ms,
                 self.last_burst_alert_ms,
+                self.source_partition,
+                self.source_offset,
             ),
             self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
             struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
@@ -101,8 +125,11 @@ class UserState:
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of to_bytes; ValueError for another version or damaged bytes."""
-        if len(data) < _HEADER.size or data[0] != STATE_VERSION:
-            raise ValueError(f"not a version {STATE_VERSION} user state")
+        version = data[0] if data else 0
+        header = _HEADER if version == STATE_VERSION else _HEADER_V1
+        if version not in READABLE_VERSIONS or len(data) < header.size:
+            raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
+        source_partition = source_offset = NO_OFFSET
         (
             _,
             flags,
@@ -120,10 +147,13 @@ class UserState:
             last_churn_alert_ms,
             last_anomaly_alert_ms,
             last_burst_alert_ms,
-        ) = _HEADER.unpack_from(data)
+            *source,
+        ) = header.unpack_from(data)
+        if source:
+            source_partition, source_offset = source
         if n_fields != NUM_FIELDS:
             raise ValueError(f"state has {n_fields} token fields, expected {NUM_FIELDS}")
-        offset = _HEADER.size
+        offset = header.size
         token_bytes = n_tokens * NUM_FIELDS * 2
         if len(data) < offset + token_bytes + n_ids * 8:
             raise ValueError("user state truncated")
@@ -160,6 +190,8 @@ class UserState:
             last_anomaly_alert_ms=last_anomaly_alert_ms,
             last_burst_alert_ms=last_burst_alert_ms,
             last_event_ids=last,
+            source_partition=source_partition,
+            source_offset=source_offset,
         )
 
     def padded(self, max_len: int) -> npt.NDArray[np.int32]:

@@ -32,6 +32,7 @@ from typing import Any
 from stream.kafka_security import aiokafka_options
 from stream.retry import retry_forever
 from stream.settings import KafkaSettings
+from stream.sinks.kafka import TRUNCATED_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class DlqReplayStats:
     read: int = 0
     replayed: int = 0
     skipped: int = 0  # other reasons than the one asked for
+    not_replayable: int = 0  # no original to send: a truncated copy, or no value at all
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
@@ -123,6 +125,11 @@ async def replay_dead_letters(
                     if reason is not None and why != reason:
                         stats.skipped += 1
                         continue
+                    if record.value is None or headers.get(TRUNCATED_HEADER) == b"true":
+                        # Replaying it would only dead-letter it again; the original (its
+                        # size and SHA-256 are in the headers) is still on the events topic.
+                        stats.not_replayable += 1
+                        continue
                     origin = f"{source}/{record.partition}/{record.offset}".encode()
                     outgoing.append((record.key, record.value, origin))
                     stats.replayed += 1
@@ -153,7 +160,8 @@ def _replay_command(settings: KafkaSettings, args: argparse.Namespace) -> int:
     by_reason = ", ".join(f"{r} {n}" for r, n in sorted(stats.by_reason.items())) or "none"
     print(
         f"replayed {stats.replayed} of {stats.read} dead letters read "
-        f"({stats.skipped} of other reasons left); by reason: {by_reason}",
+        f"({stats.skipped} of other reasons left, {stats.not_replayable} truncated or empty "
+        f"left); by reason: {by_reason}",
         file=sys.stdout,
     )
     return 0

@@ -7,6 +7,7 @@ an alert is inserted only if its deterministic id is absent. The same code runs 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -14,25 +15,17 @@ from typing import Any
 
 from sqlalchemy import Insert, Table
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
+from stream.faults import is_retriable_db_error
 from stream.retry import retry_forever
 from stream.settings import DatabaseSettings
 from stream.worker.alerts import Alert
 from stream.worker.scores import Score
 
 log = logging.getLogger(__name__)
-
-# SQLSTATEs worth waiting out: 08 connection exception; 57P admin/crash shutdown or "cannot
-# connect now" (a restart); 53300 too many connections; 40 serialization failure or deadlock,
-# where the whole transaction is meant to be run again. Anything else (constraint, syntax,
-# missing table) would fail again the same way.
-_RETRIABLE_SQLSTATES = ("08", "57P", "53300", "40")
-# SQLite reports a missing table as OperationalError too; only a busy or locked file passes.
-_RETRIABLE_SQLITE_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 SCORE_TABLE: Table = UserScore.__table__  # type: ignore[assignment]
 ALERT_TABLE: Table = AlertRow.__table__  # type: ignore[assignment]
@@ -52,41 +45,6 @@ def insert_for(engine: AsyncEngine) -> Callable[[Table], Any]:
     if name == "sqlite":
         return sqlite.insert
     raise ValueError(f"Unsupported database dialect {name!r}: use postgresql or sqlite")
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    for _ in range(4):  # the error, SQLAlchemy's .orig, the driver's own cause
-        if seen is None:
-            return None
-        code = getattr(seen, "sqlstate", None)
-        if isinstance(code, str):
-            return code
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
-
-
-def is_retriable_db_error(exc: BaseException) -> bool:
-    """True for a database that is down, restarting or unreachable; False for a bad query."""
-    if isinstance(exc, OSError | TimeoutError):  # ConnectionError is an OSError
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
-        if sqlite_error is not None:
-            return str(sqlite_error).startswith(_RETRIABLE_SQLITE_ERRORS)
-        if isinstance(exc, OperationalError | InterfaceError):
-            return True
-    code = _sqlstate(exc)
-    if code is not None:
-        return code.startswith(_RETRIABLE_SQLSTATES)
-    try:
-        import asyncpg
-    except ImportError:  # pragma: no cover - asyncpg is a dependency
-        return False
-    # Raised by asyncpg itself while connecting, before SQLAlchemy wraps anything.
-    return isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
 
 
 def _at(ms: int) -> datetime:
@@ -140,8 +98,9 @@ def alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
 class ResultStore:
     """Writes scores and alerts to the database; retries while the database is unreachable."""
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    def __init__(self, settings: DatabaseSettings, *, stop: asyncio.Event | None = None) -> None:
         self._settings = settings
+        self._stop = stop
         self._engine: AsyncEngine | None = None
         self._upsert_scores: Insert | None = None
         self._insert_alerts: Insert | None = None
@@ -183,6 +142,7 @@ class ResultStore:
             target="database write",
             max_backoff_s=self._settings.retry_max_backoff_s,
             log=log,
+            stop=self._stop,
         )
 
     async def _write_once(

@@ -1,14 +1,24 @@
-"""The worker's one agent: read windows of events and hand each to the scoring pipeline."""
+"""The worker's one agent: read windows of events and hand each to the scoring pipeline.
+
+A window is acknowledged (its offsets become committable) only when the pipeline finished it.
+No message can stop the agent: a window that fails for a reason retrying cannot fix is
+processed again one message at a time, and the message that fails alone is dead-lettered
+(`ScoringPipeline.process_isolated`). A stop request or a cancellation while a window is
+unfinished (the worker shutting down in the middle of a retry) leaves that window
+unacknowledged, so the next start reads it again; the states' applied offsets keep what
+was already done from counting twice.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 
+from stream.faust_ext import withhold_acks, withhold_unfinished
+from stream.retry import Stopping
 from stream.settings import WorkerSettings
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.tables import UserStateTable
@@ -16,9 +26,6 @@ from stream.worker.topics import Topics
 from stream.worker.window import Message
 
 log = logging.getLogger(__name__)
-
-# Exit status when a window fails for a reason retrying cannot fix (a bug, not a fault).
-EXIT_WINDOW_FAILED = 70
 
 
 def register_agents(
@@ -31,7 +38,10 @@ def register_agents(
 ) -> None:
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]
     async def score_events(stream: faust.StreamT[Any]) -> None:
-        await on_start()  # connect to Triton and the database inside the running loop
+        try:
+            await on_start()  # connect to Triton and the database inside the running loop
+        except Stopping:
+            return  # stopped while waiting for Triton: no window was taken
         windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
         async for events in windows:
             table.remember(events)
@@ -46,22 +56,47 @@ def register_agents(
                 for e in events
             ]
             try:
-                await pipeline.process(messages)
-            except Exception:
-                # take_events acknowledges a window when its body ends, even by an
-                # exception, and acknowledged offsets get committed. Retriable faults are
-                # retried inside process(); anything else stops the process at once so
-                # this window is read again on restart instead of being skipped.
-                first = messages[0]
-                log.critical(
-                    "window failed; exiting without acknowledging it",
-                    exc_info=True,
-                    extra={
-                        "topic": first.topic,
-                        "partition": first.partition,
-                        "offset": first.offset,
-                        "events": len(messages),
-                    },
-                )
-                logging.shutdown()
-                os._exit(EXIT_WINDOW_FAILED)
+                await _process(pipeline, messages)
+            except Stopping:
+                withhold_acks(events)
+                withhold_unfinished(app)
+                _log_unfinished(messages)
+                return  # the worker is shutting down: take no further window
+            except BaseException:  # cancelled by the shutdown, or a bug in the fallback
+                withhold_acks(events)
+                withhold_unfinished(app)
+                _log_unfinished(messages)
+                raise
+
+
+def _log_unfinished(messages: list[Message]) -> None:
+    first = messages[0]
+    log.warning(
+        "stopping with a window unfinished; it is read again at the next start",
+        extra={
+            "topic": first.topic,
+            "partition": first.partition,
+            "offset": first.offset,
+            "events": len(messages),
+        },
+    )
+
+
+async def _process(pipeline: ScoringPipeline, messages: list[Message]) -> None:
+    try:
+        await pipeline.process(messages)
+    except Stopping:
+        raise
+    except Exception:
+        first = messages[0]
+        log.error(
+            "window failed; processing its messages one at a time",
+            exc_info=True,
+            extra={
+                "topic": first.topic,
+                "partition": first.partition,
+                "offset": first.offset,
+                "events": len(messages),
+            },
+        )
+        await pipeline.process_isolated(messages)

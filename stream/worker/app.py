@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from stream.faust_ext import ClickscoreApp, SeekSafeTableManager, check_versions
@@ -9,21 +11,29 @@ from stream.kafka_security import faust_credentials
 from stream.settings import WorkerSettings
 
 
+def worker_folder(settings: WorkerSettings) -> Path:
+    """Where this worker's RocksDB table files live.
+
+    They belong to one consumer group's changelog (a new group, or recreated topics, must not
+    open them) and to one worker process (RocksDB locks them): a folder per group and per
+    worker port, which is distinct per worker on a host.
+    """
+    return (
+        settings.run_dir / "worker-data" / f"{settings.consumer_group}-{settings.worker_web_port}"
+    )
+
+
 def create_app(settings: WorkerSettings) -> faust.App:
     check_versions()
-    # The RocksDB table files belong to one consumer group's changelog (a new group, or
-    # recreated topics, must not open them) and to one worker process (RocksDB locks them):
-    # a folder per group and per worker port, which is distinct per worker on a host.
-    data = settings.run_dir / "worker-data"
-    data.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    worker_folder = data / f"{settings.consumer_group}-{settings.worker_web_port}"
+    folder = worker_folder(settings)
+    folder.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     return ClickscoreApp(
         settings.consumer_group,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
-        datadir=str(worker_folder),
+        datadir=str(folder),
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",

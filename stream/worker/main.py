@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 from faust.types import TP
 
 from stream import logs
+from stream.faust_ext import StopAwareWorker
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.sinks.postgres import ResultStore
-from stream.worker import metrics
+from stream.worker import metrics, preflight
 from stream.worker.agents import register_agents
-from stream.worker.app import create_app
+from stream.worker.app import create_app, worker_folder
 from stream.worker.pipeline import ScoringPipeline
-from stream.worker.tables import user_state_table
+from stream.worker.tables import TABLE_NAME, user_state_table
 from stream.worker.topics import declare_topics
 from stream.worker.triton_client import TritonScorer
 
 
-def build_worker(settings: WorkerSettings) -> faust.App:
+def build_worker(
+    settings: WorkerSettings, stop: asyncio.Event, health: metrics.Health
+) -> faust.App:
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = user_state_table(app, settings)
-    scorer = TritonScorer(settings)
-    store = ResultStore(settings)
-    pipeline = ScoringPipeline(
-        settings, table, scorer, store, KafkaPublisher(app.producer, settings)
+    scorer = TritonScorer(settings, health=health, stop=stop)
+    store = ResultStore(settings, stop=stop)
+    publisher = KafkaPublisher(
+        app.producer, settings, stop=stop, max_request_bytes=app.conf.producer_max_request_size
     )
+    pipeline = ScoringPipeline(settings, table, scorer, store, publisher, health=health, stop=stop)
     started = False
 
     async def on_start() -> None:
@@ -50,10 +56,17 @@ def build_worker(settings: WorkerSettings) -> faust.App:
 
 def run_worker(settings: WorkerSettings) -> None:
     logs.configure(settings.log_level)
-    app = build_worker(settings)
-    metrics.serve(settings)
-    worker = faust.Worker(
+    preflight.check_services(settings)
+    if settings.table_store.startswith("rocksdb"):
+        changelog = f"{settings.consumer_group}-{TABLE_NAME}-changelog"
+        preflight.discard_stale_tables(settings, worker_folder(settings), TABLE_NAME, changelog)
+    stop = asyncio.Event()  # set on SIGTERM/SIGINT; retries observe it
+    health = metrics.Health()
+    app = build_worker(settings, stop, health)
+    metrics.serve(settings, health)
+    worker = StopAwareWorker(
         app,
+        stop=stop,
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,

@@ -6,8 +6,14 @@ The order is what makes a crash at any point safe to replay:
    crash before the table write replays the window from the old state and produces the
    same scores and the same alert ids, which the sinks absorb.
 2. The table is written before the window's offsets are acknowledged (the caller acks when
-   `process` returns), so a crash after the table write replays the window as duplicates:
-   the sequence does not change twice and no alert is raised twice.
+   `process` returns), so a crash after the table write replays the window as messages the
+   states already applied (by offset): the sequence does not change twice and no alert is
+   raised twice.
+
+A window that fails as a whole for a reason retrying cannot fix is processed again one
+message at a time (`process_isolated`): the message that fails alone goes to the dead-letter
+topic as `processing_error` and every other message is processed, so no message can stop the
+worker or be read again forever.
 """
 
 from __future__ import annotations
@@ -23,20 +29,24 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Histogram
 
-from stream.contract.events import ValidationLimits
+from stream.contract.events import Rejection, ValidationLimits
 from stream.contract.state import UserState, stack_padded
 from stream.contract.tokenizer import Vocabulary
+from stream.retry import Stopping, retry_forever, summary
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
 from stream.worker.alerts import Alert, AlertRules, evaluate
 from stream.worker.idle import Due, IdleIndex, IdlePolicy, silence_tokens
+from stream.worker.metrics import Health
 from stream.worker.pseudonym import Pseudonymiser
 from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
-from stream.worker.window import Message, Window, fold
+from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message, Window, fold
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTER = "dead-letter topic"  # the health component when dead letters are refused
 
 
 class StateTable(Protocol):
@@ -78,7 +88,11 @@ class ScoringPipeline:
         *,
         vocab: Vocabulary | None = None,
         clock: Callable[[], float] = time.time,
+        health: Health | None = None,
+        stop: asyncio.Event | None = None,
     ) -> None:
+        self._health = health or Health()
+        self._stop = stop
         self._settings = settings
         self._table = table
         self._scorer = scorer
@@ -146,6 +160,15 @@ class ScoringPipeline:
         started = _observe(stage, "score", started)
         silent_ms = [0] * len(window.states)
         silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+        keep = await self._dead_letter_refused(window, users, model)
+        if len(keep) < len(users):
+            users = [users[i] for i in keep]
+            states = [states[i] for i in keep]
+            partitions = [partitions[i] for i in keep]
+            silent_ms = [silent_ms[i] for i in keep]
+            model = model.rows(keep)
+            if not users:
+                return
         states, scores, alerts = self._results(users, states, model, silent_ms)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
@@ -207,6 +230,68 @@ class ScoringPipeline:
                     due.append((partition, entry, state))
         return due, later
 
+    async def process_isolated(self, messages: Sequence[Message]) -> None:
+        """Each message as a window of its own; one that still fails is dead-lettered.
+
+        For a window that failed as a whole: whatever made it fail is in one message (or no
+        longer happens), and each state's applied offset keeps the messages the failed
+        attempt already folded in from counting twice.
+        """
+        metrics.WINDOWS_ISOLATED.inc()
+        for message in messages:
+            try:
+                await self.process([message])
+            except Stopping:
+                raise
+            except Exception as exc:
+                log.error(
+                    "message failed on its own; sending it to the dead-letter topic",
+                    exc_info=True,
+                    extra={
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                    },
+                )
+                rejection = Rejection(PROCESSING_ERROR, summary(exc))
+                metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
+                await self._dead_letter_until_accepted(message, rejection)
+
+    async def _dead_letter_until_accepted(self, message: Message, rejection: Rejection) -> None:
+        """Retried whatever the error: only the dead-letter topic itself can be at fault now
+        (missing, not authorised), which an operator fixes; the worker says so meanwhile."""
+        await retry_forever(
+            lambda: self._publisher.dead_letters([(message, rejection)]),
+            is_retriable=lambda exc: True,
+            what="dead letter",
+            max_backoff_s=self._settings.retry_max_backoff_s,
+            stop=self._stop,
+            on_failure=lambda exc: self._health.fail(DEAD_LETTER, summary(exc)),
+        )
+        self._health.recover(DEAD_LETTER)
+
+    async def _dead_letter_refused(
+        self, window: Window, users: list[str], model: ModelScores
+    ) -> list[int]:
+        """Dead-letter the events of users whose request Triton refused; the rows to keep.
+
+        Their states are not written, so the events do not count: a `clickscore dlq replay`
+        after the model is fixed brings them back. A refused silent re-score has no events:
+        it is dropped, and the user is due again at the next level of silence.
+        """
+        refused = [i for i, why in enumerate(model.rejected) if why is not None]
+        if not refused:
+            return list(range(len(users)))
+        letters = [
+            (message, Rejection(MODEL_REJECTED, str(model.rejected[i])))
+            for i in refused
+            for message in window.messages.get(users[i], [])
+        ]
+        for _ in letters:
+            metrics.DEAD_LETTERS.labels(MODEL_REJECTED).inc()
+        await self._publisher.dead_letters(letters)
+        return [i for i, why in enumerate(model.rejected) if why is None]
+
     def _results(
         self,
         users: list[str],
@@ -259,6 +344,7 @@ class ScoringPipeline:
             where = (message.topic, message.partition)
             self.positions[where] = max(self.positions.get(where, 0), message.offset + 1)
         metrics.EVENTS_DUPLICATE.inc(window.duplicates)
+        metrics.EVENTS_REPLAYED.inc(window.replayed)
         metrics.WINDOW_EVENTS.observe(len(messages))
         metrics.WINDOW_USERS.observe(len(window.states))
         for message, rejection in window.rejected:

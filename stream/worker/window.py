@@ -5,8 +5,14 @@ The worker reads a window of messages (up to `window_max_events`, or what arrive
 letters, and the new state of every user it touched. Each touched user is then scored
 once, on their state at the end of the window.
 
-A user touched only by duplicates (an at-least-once redelivery after a restart) is still
-scored: their state is unchanged, so the score and any alert are the same as before, and
+No message can stop a window: a message without a value (a tombstone) is rejected as
+`null_value`, and any error while folding one message (a damaged stored state, a bug) rejects
+that message alone as `processing_error`; the rest of the window goes on.
+
+A message at or below the offset a user's state last applied (a re-read after a crash) is
+skipped whatever its event id: exactly once by offset. A user touched only by such messages
+or by duplicates (an at-least-once redelivery after a restart) is still scored: their state
+is unchanged, so the score and any alert are the same as before, and
 the sinks' idempotent keys absorb the repeat. Skipping them instead would lose the score
 of a window that crashed after its table write but before its sinks.
 """
@@ -21,6 +27,9 @@ from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
 
 KEY_MISMATCH = "key_mismatch"  # the message key is not the event's user_id
+NULL_VALUE = "null_value"  # a message without a value (a Kafka tombstone)
+PROCESSING_ERROR = "processing_error"  # folding this one message failed; detail says why
+MODEL_REJECTED = "model_rejected"  # Triton refused the request holding this user's sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +37,7 @@ class Message:
     """One consumed message, with where it came from (for dead letters and logs)."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     topic: str
     partition: int
     offset: int
@@ -41,8 +50,12 @@ class Window:
     newest_event: dict[str, Event] = field(default_factory=dict)
     # The partition each user's events came from: their table entry belongs there.
     partitions: dict[str, int] = field(default_factory=dict)
+    # Each user's valid messages of this window: dead-lettered together if the model
+    # refuses their request.
+    messages: dict[str, list[Message]] = field(default_factory=dict)
     events: int = 0
     duplicates: int = 0
+    replayed: int = 0  # skipped: at or below the offset the user's state already applied
 
 
 def fold(
@@ -56,28 +69,53 @@ def fold(
 ) -> Window:
     window = Window()
     for message in messages:
-        parsed = parse_event(message.value, now_ms, limits)
-        if isinstance(parsed, Rejection):
-            window.rejected.append((message, parsed))
-            continue
-        if message.key != parsed.user_id.encode():
-            # Per-user state lives in the partition of the user's key: a message keyed
-            # otherwise would split that user's sequence across workers.
-            detail = "message key differs from user_id; key events by user_id"
-            window.rejected.append((message, Rejection(KEY_MISMATCH, detail)))
-            continue
-        user = parsed.user_id
-        state = window.states.get(user)
-        if state is None:
-            state = load_state(user, message.partition)
-        state, changed = apply_event(state, parsed, vocab, max_len)
+        try:
+            rejection = _fold_one(window, message, load_state, vocab, max_len, limits, now_ms)
+        except Exception as exc:  # one message must not take its window down
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            rejection = Rejection(PROCESSING_ERROR, detail)
+        if rejection is not None:
+            window.rejected.append((message, rejection))
+    return window
+
+
+def _fold_one(
+    window: Window,
+    message: Message,
+    load_state: Callable[[str, int], UserState | None],
+    vocab: Vocabulary,
+    max_len: int,
+    limits: ValidationLimits,
+    now_ms: int,
+) -> Rejection | None:
+    if message.value is None:
+        return Rejection(NULL_VALUE, "message has no value (a tombstone); events carry JSON")
+    parsed = parse_event(message.value, now_ms, limits)
+    if isinstance(parsed, Rejection):
+        return parsed
+    if message.key != parsed.user_id.encode():
+        # Per-user state lives in the partition of the user's key: a message keyed
+        # otherwise would split that user's sequence across workers.
+        return Rejection(KEY_MISMATCH, "message key differs from user_id; key events by user_id")
+    user = parsed.user_id
+    state = window.states.get(user)
+    if state is None:
+        state = load_state(user, message.partition)
+    if state is not None and state.has_applied(message.partition, message.offset):
         window.states[user] = state
         window.partitions[user] = message.partition
-        window.events += 1
-        if changed:
-            newest = window.newest_event.get(user)
-            if newest is None or parsed.ts_ms >= newest.ts_ms:
-                window.newest_event[user] = parsed
-        else:
-            window.duplicates += 1
-    return window
+        window.replayed += 1
+        return None
+    state, changed = apply_event(state, parsed, vocab, max_len)
+    state.mark_applied(message.partition, message.offset)
+    window.states[user] = state
+    window.partitions[user] = message.partition
+    window.messages.setdefault(user, []).append(message)
+    window.events += 1
+    if changed:
+        newest = window.newest_event.get(user)
+        if newest is None or parsed.ts_ms >= newest.ts_ms:
+            window.newest_event[user] = parsed
+    else:
+        window.duplicates += 1
+    return None

@@ -37,6 +37,7 @@ from tests.support.checks import (
     scored_event_counts,
     scrape_metrics,
     tally,
+    wait_for_metric,
     wait_until_scored,
     worker_settings,
 )
@@ -209,11 +210,13 @@ async def test_database_outage_retries_and_commits_nothing_past_it(
         await asyncio.to_thread(postgres.stop_cluster, settings)
         outage_started = time.monotonic()
         await produce(settings, settings.topic_events, second)
-        await asyncio.sleep(6)  # several commit intervals while the database is down
+        # The event: the worker has failed to write over and over while the database is down
+        # (16 retries, at least 0.25 s apart once backed off, span more than a commit interval).
+        retries = await wait_for_metric(
+            settings, worker, 'clickscore_retries_total{target="database write"}', at_least=16
+        )
         assert worker.alive(), worker.log_tail()
         committed = await committed_total(settings)
-        exposition = await asyncio.to_thread(scrape_metrics, settings)
-        retries = metric_sum(exposition, 'clickscore_retries_total{target="database write"}')
         # The results of the second half are waiting: no offset past them is committed.
         assert committed <= len(first), (committed, len(first))
         assert retries > 0

@@ -61,3 +61,24 @@ async def test_scoring_waits_for_triton_and_resumes(
     finally:
         await scorer.close()
         process.stop(settings.run_dir, triton.NAME)
+
+
+async def test_a_request_the_model_refuses_comes_back_rejected_not_retried(
+    stack_settings: Settings,
+) -> None:
+    """Token ids outside the model's vocabulary: the model answers INVALID_ARGUMENT for that
+    request, which the worker dead-letters (model_rejected) instead of retrying."""
+    settings = make_settings(**{**stack_settings.model_dump(), "batch_size": 2})
+    tokens = np.zeros((4, settings.sequence_length, NUM_FIELDS), dtype=np.int32)
+    tokens[:, -5:, 0] = 3
+    tokens[2, -1, 0] = 60_000  # the third sequence, in the second request of two
+    scorer = TritonScorer(settings)
+    try:
+        await scorer.start()
+        scores = await asyncio.wait_for(scorer.score(tokens), 30)
+    finally:
+        await scorer.close()
+    assert scores.rejected[:2] == [None, None]
+    assert scores.rejected[2] is not None and "INVALID_ARGUMENT" in scores.rejected[2]
+    assert scores.rejected[3] == scores.rejected[2]  # the whole request, not one row
+    assert np.isfinite(scores.churn[:2]).all() and np.isnan(scores.churn[2:]).all()

@@ -21,6 +21,8 @@ from tests.support.checks import (
     prepare,
     scored_event_counts,
     scrape_metrics,
+    tally,
+    wait_for_metric,
     wait_until_scored,
     worker_settings,
 )
@@ -147,24 +149,37 @@ async def test_triton_outage_pauses_scoring_without_committing_past_it(
             await asyncio.sleep(0.3)
 
         await asyncio.to_thread(process.stop, settings.run_dir, triton.NAME)
+        outage_started = time.monotonic()
         await produce(settings, settings.topic_events, second)
-        await asyncio.sleep(6)  # several commit intervals while Triton is down
+        # The event: the worker has failed against the stopped Triton over and over (24
+        # retries at least 0.25 s apart once backed off: more than two commit intervals, and
+        # long enough for gRPC's own reconnect backoff to have grown).
+        retries = await wait_for_metric(
+            settings, worker, 'clickscore_retries_total{target="triton infer"}', at_least=24
+        )
         assert worker.alive(), worker.log_tail()
         stalled = await scored_event_counts(settings)
         # Nothing of the second half is scored, and no offset past it is committed.
         assert sum(stalled.values()) <= sum(first_users.values())
-        assert await committed_total(settings) <= len(first)
-        assert (
-            metric(
-                await asyncio.to_thread(scrape_metrics, settings),
-                'clickscore_retries_total{target="triton infer"}',
-            )
-            > 0
-        )
+        committed = await committed_total(settings)
+        assert committed <= len(first)
 
         await asyncio.to_thread(local.start_triton, settings, 60.0)
+        ready = time.monotonic()
+        # The event: the first score after Triton answers again.
+        while sum((await scored_event_counts(settings)).values()) <= sum(stalled.values()):
+            assert worker.alive() and time.monotonic() < ready + 60, worker.log_tail()
+            await asyncio.sleep(0.05)
+        resumed_s = time.monotonic() - ready
         counts = await wait_until_scored(settings, traffic, worker)
     finally:
         worker.stop()
         process.stop(settings.run_dir, triton.NAME)
+    print(
+        f"\n[Triton outage] down {ready - outage_started:.1f} s, {retries:.0f} retried requests, "
+        f"committed {committed} <= {len(first)} produced before it; scoring resumed "
+        f"{resumed_s:.2f} s after Triton was ready (target 2 s; polled every 0.05 s)"
+    )
     assert counts == dict(traffic.events_per_user)
+    result = await tally(settings, "Triton outage", dict(traffic.events_per_user))
+    assert (result.lost, result.duplicated) == (0, 0)

@@ -125,6 +125,29 @@ def metric(exposition: str, name: str) -> float:
     raise AssertionError(f"{name} not exposed")
 
 
+async def wait_for_metric(
+    settings: Settings,
+    worker: WorkerProcess,
+    prefix: str,
+    *,
+    at_least: float,
+    timeout_s: float = 90,
+) -> float:
+    """Until the worker's samples starting with `prefix` add up to `at_least`; their sum."""
+    deadline = time.monotonic() + timeout_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        assert worker.alive(), f"worker died:\n{worker.log_tail()}"
+        try:
+            value = metric_sum(await asyncio.to_thread(scrape_metrics, settings), prefix)
+        except OSError:
+            value = 0.0  # not serving yet
+        if value >= at_least:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{prefix} stayed at {value} < {at_least}\n{worker.log_tail()}")
+
+
 def expected_alerts(traffic: Traffic) -> Counter[tuple[str, str]]:
     return Counter(
         {(traffic.churner, "churn"): 1, (traffic.bot, "anomaly"): 1, (traffic.bot, "burst"): 1}

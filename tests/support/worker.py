@@ -42,7 +42,7 @@ class WorkerProcess:
             assert self.alive(), f"worker died:\n{self.log_tail()}"
             with self.log_path.open("rb") as log:
                 log.seek(self._log_start)
-                if b"[^Worker]: Ready" in log.read():
+                if b"Worker]: Ready" in log.read():  # Faust's worker, or our subclass of it
                     return
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout_s} s:\n{self.log_tail()}")
@@ -64,6 +64,21 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+    def terminate(self, timeout_s: float = 30.0) -> float:
+        """SIGTERM, then wait for the process to exit by itself; the seconds it took."""
+        assert self.proc is not None and self.alive(), self.log_tail()
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(
+                f"no exit {timeout_s} s after SIGTERM:\n{self.log_tail()}"
+            ) from None
+        return time.monotonic() - started
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

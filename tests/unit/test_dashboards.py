@@ -143,6 +143,7 @@ ALERTS = {
     "ClickscoreDeadLettersHigh",
     "ClickscoreWorkerDown",
     "ClickscoreNoScores",
+    "ClickscoreWorkerUnhealthy",
 }
 
 
@@ -165,6 +166,7 @@ def test_the_alert_rules_are_complete_and_documented() -> None:
         ("ClickscoreDeadLettersHigh", "clickscore_dead_letters_total"),
         ("ClickscoreWorkerDown", "up"),
         ("ClickscoreNoScores", "clickscore_scores_emitted_total"),
+        ("ClickscoreWorkerUnhealthy", "clickscore_healthy"),
     ],
 )
 def test_each_rule_reads_its_signal(alert: str, metric: str) -> None:

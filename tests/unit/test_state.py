@@ -166,7 +166,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 87 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) == 1225
+    assert len(state.to_bytes()) == 99 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) == 1237
 
 
 def test_long_event_ids_truncated() -> None:
@@ -236,3 +236,20 @@ def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) 
     except ValueError:
         return
     assert state.tokens.shape[1] == NUM_FIELDS
+
+
+def test_version_1_states_still_load_without_an_applied_offset() -> None:
+    state = feed([ev(i, T0 + i) for i in range(5)])
+    state.mark_applied(2, 41)
+    v2 = state.to_bytes()
+    # Version 1: the same bytes without the 12-byte source offset at the end of the header.
+    v1 = bytes([1]) + v2[1:87] + v2[99:]
+    old = UserState.from_bytes(v1)
+    assert (old.source_partition, old.source_offset) == (-1, -1)
+    assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
+    assert not old.has_applied(2, 0)
+    restored = UserState.from_bytes(v2)
+    assert restored.has_applied(2, 41) and not restored.has_applied(2, 42)
+    assert not restored.has_applied(1, 0)  # another partition: decided by event ids
+    with pytest.raises(ValueError):
+        UserState.from_bytes(bytes([3]) + v2[1:])

@@ -7,7 +7,7 @@ import orjson
 from stream.contract.events import Event, ValidationLimits, event_to_json
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
-from stream.worker.window import KEY_MISMATCH, Message, fold
+from stream.worker.window import KEY_MISMATCH, NULL_VALUE, PROCESSING_ERROR, Message, fold
 
 VOCAB = Vocabulary()
 NOW = 1_700_000_000_000
@@ -59,11 +59,55 @@ def test_state_continues_from_the_table() -> None:
 
 def test_redelivered_events_touch_the_user_without_changing_the_state() -> None:
     stored, _ = apply_event(None, ev("a", 0), VOCAB, 8)
+    stored.mark_applied(0, 0)
     before = stored.to_bytes()
-    window = run([message(ev("a", 0))], {"a": UserState.from_bytes(before)})
+    # The same event again at a later offset: a producer's duplicate, caught by its id.
+    window = run([message(ev("a", 0), offset=3)], {"a": UserState.from_bytes(before)})
     assert window.duplicates == 1
-    assert window.states["a"].to_bytes() == before  # still scored, nothing applied twice
+    after = window.states["a"]
+    assert after.event_count == 1 and after.tokens.shape[0] == 1  # nothing applied twice
+    assert (after.source_partition, after.source_offset) == (0, 3)
     assert "a" not in window.newest_event
+
+
+def test_messages_at_or_below_the_applied_offset_are_skipped_however_many() -> None:
+    """A re-read after a crash: far more than the 32 remembered event ids of one user."""
+    first = run([message(ev("a", n), offset=3 * n) for n in range(100)])
+    stored = first.states["a"]
+    assert (stored.event_count, stored.source_offset) == (100, 297)
+    again = run(
+        [message(ev("a", n), offset=3 * n) for n in range(100)]
+        + [message(ev("a", 100), offset=300)],
+        {"a": UserState.from_bytes(stored.to_bytes())},
+    )
+    assert again.replayed == 100 and again.events == 1
+    assert again.states["a"].event_count == 101
+
+
+def test_a_tombstone_and_a_message_that_fails_to_fold_are_rejected_alone() -> None:
+    def load(user: str, _partition: int) -> UserState | None:
+        if user == "damaged":
+            return UserState.from_bytes(b"\x07damaged")
+        return None
+
+    window = fold(
+        [
+            Message(b"a", None, "events", 0, 0),
+            message(ev("damaged", 0), offset=3),
+            message(ev("b", 0), offset=6),
+        ],
+        load,
+        vocab=VOCAB,
+        max_len=8,
+        limits=ValidationLimits(),
+        now_ms=NOW,
+    )
+    assert [(m.offset, r.reason) for m, r in window.rejected] == [
+        (0, NULL_VALUE),
+        (3, PROCESSING_ERROR),
+    ]
+    assert "ValueError" in window.rejected[1][1].detail
+    assert set(window.states) == {"b"}
 
 
 def test_bad_messages_are_rejected_with_their_origin_and_the_rest_kept() -> None:

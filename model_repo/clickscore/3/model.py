@@ -41,6 +41,22 @@ def churn_threshold(meta: dict[str, Any]) -> float:
     return float("inf") if value is None else float(value)
 
 
+def check_numpy(version: str = np.__version__) -> None:
+    """Refuse to load where Triton 2.51's python backend cannot answer.
+
+    Its stub is built against numpy 1: under numpy 2 the model loads and reports ready, yet
+    every response carries zero-byte output tensors, and the worker could only retry them.
+    A load that fails with this message is found at once instead.
+    """
+    if int(version.split(".")[0]) >= 2:
+        raise RuntimeError(
+            f"clickscore: numpy {version} is installed where this model runs, but Triton "
+            "2.51's python backend needs numpy<2 (under numpy 2 it answers every request "
+            "with empty outputs). Install numpy<2 in the environment whose bin is first on "
+            "tritonserver's PATH, or point the model's EXECUTION_ENV_PATH at one."
+        )
+
+
 def load_network(folder: Path) -> Any:
     """network.py of a version folder as a module (registered, for its dataclasses).
 
@@ -58,6 +74,7 @@ def load_network(folder: Path) -> Any:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
+        check_numpy()
         meta = json.loads((HERE / "model_config.json").read_text())
         self.churn_threshold = churn_threshold(meta)
         network = load_network(HERE)
@@ -88,7 +105,9 @@ class TritonPythonModel:
             try:
                 good.append((i, self._tokens(request)))
             except Exception as exc:  # one bad request must not fail the others
-                responses[i] = self._error(exc)
+                # INVALID_ARGUMENT: the worker dead-letters this request's events
+                # (model_rejected) instead of retrying them.
+                responses[i] = self._error(exc, pb_utils.TritonError.INVALID_ARG)
         if good:
             try:
                 batch = torch.from_numpy(np.concatenate([t for _, t in good]).astype(np.int64))
@@ -114,5 +133,9 @@ class TritonPythonModel:
         return responses
 
     @staticmethod
-    def _error(exc: Exception) -> Any:
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"clickscore: {exc}"))
+    def _error(exc: Exception, code: Any = None) -> Any:
+        if code is None:  # Triton's default: INTERNAL, a failing model
+            error = pb_utils.TritonError(f"clickscore: {exc}")
+        else:
+            error = pb_utils.TritonError(f"clickscore: {exc}", code)
+        return pb_utils.InferenceResponse(error=error)

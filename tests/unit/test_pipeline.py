@@ -1,0 +1,162 @@
+"""A window that fails as a whole, and a request Triton refuses: the rest goes on (no services)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from stream.contract.events import Rejection
+from stream.contract.state import UserState
+from stream.worker.alerts import Alert
+from stream.worker.metrics import Health
+from stream.worker.pipeline import ScoringPipeline
+from stream.worker.scores import Score
+from stream.worker.triton_client import ModelScores
+from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message
+from tests.conftest import make_settings
+from tests.unit.test_faults import triton_error
+
+NOW_MS = 1_800_000_000_000
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+
+    def load(self, key: bytes, partition: int) -> bytes | None:
+        return self.rows.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.rows[key] = value
+
+
+class Outputs:
+    def __init__(self) -> None:
+        self.scores: list[Score] = []
+        self.dead: list[tuple[Message, Rejection]] = []
+
+    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        self.scores += scores
+
+    async def results(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        pass
+
+    async def dead_letters(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
+        self.dead += rejected
+
+
+class Scorer:
+    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+        n = tokens.shape[0]
+        half = np.full(n, 0.5, dtype=np.float32)
+        return ModelScores(half, half, half, ["1"] * n)
+
+
+class RefusesBob(Outputs):
+    """A sink that cannot take bob's score, for a reason no retry fixes (a stand-in bug)."""
+
+    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
+        if any(s.user_id == "bob" for s in scores):
+            raise ValueError("cannot store this")
+        await super().write(scores, alerts)
+
+
+def message(user: str, n: int, offset: int) -> Message:
+    value = b'{"event_id":"%s-%d","user_id":"%s","ts":%d,"event_type":"view"}' % (
+        user.encode(),
+        n,
+        user.encode(),
+        NOW_MS - 1000 + n,
+    )
+    return Message(user.encode(), value, "events", 0, offset)
+
+
+def pipeline(outputs: Outputs, scorer: object, table: Table) -> ScoringPipeline:
+    return ScoringPipeline(
+        make_settings(),
+        table,
+        scorer,  # type: ignore[arg-type]
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+    )
+
+
+async def test_a_failed_window_is_processed_message_by_message_and_only_the_culprit_dropped() -> (
+    None
+):
+    outputs, table = RefusesBob(), Table()
+    scoring = pipeline(outputs, Scorer(), table)
+    window = [*(message("alice", n, n) for n in range(3)), message("bob", 0, 3)]
+    with pytest.raises(ValueError):
+        await scoring.process(window)
+    await scoring.process_isolated(window)
+    assert [(m.key, r.reason) for m, r in outputs.dead] == [(b"bob", PROCESSING_ERROR)]
+    assert "ValueError" in outputs.dead[0][1].detail
+    assert {s.user_id: s.event_count for s in outputs.scores}["alice"] == 3
+    assert list(table.rows) == [b"alice"]
+    # Processing the window again (a restart) changes nothing: the offsets are applied.
+    await scoring.process(window[:3])
+    assert UserState.from_bytes(table.rows[b"alice"]).event_count == 3
+
+
+async def test_a_refused_request_dead_letters_its_events_and_the_rest_is_scored() -> None:
+    outputs, table = Outputs(), Table()
+
+    class RefusesCarol:
+        async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+            n = tokens.shape[0]
+            half = np.full(n, 0.5, dtype=np.float32)
+            why = str(triton_error(grpc.StatusCode.INVALID_ARGUMENT))
+            # Row order follows the window's first appearance of each user: alice, carol.
+            return ModelScores(half, half, half, ["1"] * n, [None, why])
+
+    window = [message("alice", 0, 0), message("carol", 0, 1), message("carol", 1, 2)]
+    await pipeline(outputs, RefusesCarol(), table).process(window)
+    assert [(m.offset, r.reason) for m, r in outputs.dead] == [
+        (1, MODEL_REJECTED),
+        (2, MODEL_REJECTED),
+    ]
+    assert [s.user_id for s in outputs.scores] == ["alice"]
+    assert list(table.rows) == [b"alice"]  # carol's events do not count until replayed
+
+
+async def test_a_dead_letter_topic_that_refuses_makes_the_worker_unhealthy_until_it_accepts() -> (
+    None
+):
+    class RefusesTwice(RefusesBob):
+        refusals = 2
+
+        async def dead_letters(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise PermissionError("not authorised to write the dead-letter topic")
+            await super().dead_letters(rejected)
+
+    outputs, health = RefusesTwice(), Health()
+    scoring = ScoringPipeline(
+        make_settings(retry_max_backoff_s=0.01),
+        Table(),
+        Scorer(),  # type: ignore[arg-type]
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+        health=health,
+    )
+    seen: list[dict[str, object]] = []
+    original_fail = health.fail
+
+    def fail(component: str, reason: str) -> None:
+        original_fail(component, reason)
+        seen.append(health.report())
+
+    health.fail = fail  # type: ignore[method-assign]
+    await scoring.process_isolated([message("bob", 0, 0)])
+    assert seen and seen[0]["status"] == "unhealthy"
+    assert "not authorised" in str(seen[0]["problems"])
+    assert health.report() == {"status": "ok", "problems": {}}
+    assert [(m.key, r.reason) for m, r in outputs.dead] == [(b"bob", PROCESSING_ERROR)]
