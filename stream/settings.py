@@ -204,7 +204,7 @@ class WorkerSettings(
     churn_min_history_s: int = Field(
         86_400, ge=0, description="History (first to last event) needed for a churn alert."
     )
-    # --- Silent users (stream/worker/idle.py) ---------------------------------------------
+    # --- Silent users (stream/scoring/idle.py) ---------------------------------------------
     silent_rescore_after_s: int = Field(
         86_400,
         ge=0,

@@ -3,7 +3,7 @@
 churn / purchase  ROC-AUC, PR-AUC, log-loss, expected calibration error (10 bins), against
                   logistic regression and gradient boosting on RFM features (data.FEATURES)
 anomaly           precision / recall / ROC-AUC per injected kind, against the burst rule
-                  (state.rate_per_s >= burst_events_per_s, as stream/worker/alerts.py)
+                  (state.rate_per_s >= burst_events_per_s, as stream/scoring/alerts.py)
 next click        HR@20 / MRR@20 over hashed ITEM BUCKETS (the model predicts buckets, so
                   the popularity and item-kNN baselines are scored on buckets too)
 """

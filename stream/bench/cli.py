@@ -133,7 +133,7 @@ def _float_list(text: str) -> list[float]:
 
 def _silent_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.silent import bench_silent
-    from stream.worker.idle import IdlePolicy
+    from stream.scoring.idle import IdlePolicy
 
     policy = IdlePolicy(
         settings.silent_rescore_after_s,

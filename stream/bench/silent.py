@@ -14,7 +14,7 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
-from stream.worker.idle import IdleIndex, IdlePolicy
+from stream.scoring.idle import IdleIndex, IdlePolicy
 
 DAY_MS = 86_400_000
 

@@ -28,9 +28,9 @@ from stream.faults import is_retriable_db_error
 from stream.kafka_security import aiokafka_options
 from stream.ops import action_metrics
 from stream.retry import backoff_delays, retry_forever, summary
+from stream.scoring.alerts import CHURN
 from stream.settings import ActionsSettings
 from stream.sinks.postgres import create_engine, insert_for
-from stream.worker.alerts import CHURN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Sequence
 from stream.contract.events import Rejection
 from stream.faults import is_retriable_kafka_error
 from stream.retry import retry_forever
+from stream.scoring.alerts import Alert, alert_to_json
+from stream.scoring.scores import Score, score_to_json
 from stream.settings import WorkerSettings
-from stream.worker.alerts import Alert, alert_to_json
-from stream.worker.scores import Score, score_to_json
 from stream.worker.window import Message
 
 log = logging.getLogger(__name__)

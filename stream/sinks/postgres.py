@@ -21,9 +21,9 @@ from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
 from stream.faults import is_retriable_db_error
 from stream.retry import retry_forever
+from stream.scoring.alerts import Alert
+from stream.scoring.scores import Score
 from stream.settings import DatabaseSettings
-from stream.worker.alerts import Alert
-from stream.worker.scores import Score
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,14 @@ from stream.contract.events import Rejection, ValidationLimits
 from stream.contract.state import UserState, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.retry import Stopping, retry_forever, summary
+from stream.scoring.alerts import Alert, AlertRules, evaluate
+from stream.scoring.idle import Due, IdleIndex, IdlePolicy, silence_tokens
+from stream.scoring.pseudonym import Pseudonymiser
+from stream.scoring.scores import Score
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
-from stream.worker.alerts import Alert, AlertRules, evaluate
-from stream.worker.idle import Due, IdleIndex, IdlePolicy, silence_tokens
 from stream.worker.metrics import Health
-from stream.worker.pseudonym import Pseudonymiser
-from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
 from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message, Window, fold
 

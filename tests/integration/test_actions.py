@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from stream.db import migrate
 from stream.db.models import RetentionAction
 from stream.ops.actions import ActionStats, run_actions
+from stream.scoring.alerts import Alert, alert_to_json
 from stream.settings import Settings
-from stream.worker.alerts import Alert, alert_to_json
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration

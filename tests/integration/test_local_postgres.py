@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stream.db import migrate
 from stream.db.models import UserScore
+from stream.scoring.scores import Score
 from stream.settings import Settings
 from stream.sinks.postgres import ResultStore
 from stream.stack import local, pg_binaries, postgres
 from stream.stack.process import free_port
-from stream.worker.scores import Score
 from tests.conftest import TEST_DATABASE_SERVER, make_settings
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.ops.scrape import fetch_text
+from stream.scoring.alerts import alert_to_json
 from stream.settings import Settings
 from stream.stack.process import free_port
-from stream.worker.alerts import alert_to_json
 from tests.integration.test_actions import actions_settings, churn_alert, prepare, produce
 from tests.support import dashboards
 from tests.support.worker import WorkerProcess

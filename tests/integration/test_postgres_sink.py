@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from stream.db import migrate
 from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
+from stream.scoring.alerts import Alert
+from stream.scoring.scores import Score
 from stream.settings import Settings
 from stream.sinks.postgres import ResultStore
 from stream.stack import postgres
-from stream.worker.alerts import Alert
-from stream.worker.scores import Score
 from tests.conftest import make_settings
 from tests.support.postgres import own_cluster as own_postgres_cluster
 

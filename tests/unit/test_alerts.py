@@ -9,7 +9,7 @@ import pytest
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
-from stream.worker.alerts import (
+from stream.scoring.alerts import (
     ALERT_SCHEMA_VERSION,
     Alert,
     AlertRules,
@@ -332,7 +332,7 @@ def test_a_person_browsing_fast_now_and_then_is_no_burst() -> None:
 def test_burst_defaults_flag_every_bot_and_scraper_and_no_person_of_the_generator() -> None:
     """The calibration behind the defaults (docs/evaluation.md, "Bursts"), on fresh users."""
     from stream.datasets.synthetic import SyntheticConfig, generate
-    from stream.worker.alerts import sustained_fast_events
+    from stream.scoring.alerts import sustained_fast_events
 
     events, truth = generate(SyntheticConfig(users=400, days=4, seed=11))
     states: dict[str, UserState] = {}

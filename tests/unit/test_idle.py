@@ -7,8 +7,8 @@ import math
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import FIRST, OTHER, Vocabulary
-from stream.worker.alerts import AlertRules, alert_id, evaluate
-from stream.worker.idle import IdleIndex, IdlePolicy, silence_tokens
+from stream.scoring.alerts import AlertRules, alert_id, evaluate
+from stream.scoring.idle import IdleIndex, IdlePolicy, silence_tokens
 
 HOUR_MS = 3_600_000
 POLICY = IdlePolicy(idle_s=3600, max_idle_s=8 * 3600, max_users_per_pass=2)

@@ -11,10 +11,10 @@ import pytest
 
 from stream.contract.events import Rejection
 from stream.contract.state import UserState
-from stream.worker.alerts import Alert
+from stream.scoring.alerts import Alert
+from stream.scoring.scores import Score
 from stream.worker.metrics import Health
 from stream.worker.pipeline import ScoringPipeline
-from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
 from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message
 from tests.conftest import make_settings

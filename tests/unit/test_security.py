@@ -14,11 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from stream.kafka_security import aiokafka_options, faust_credentials
+from stream.scoring.alerts import Alert
+from stream.scoring.pseudonym import Pseudonymiser
+from stream.scoring.scores import Score
 from stream.settings import PROJECT_ROOT, Settings
-from stream.worker.alerts import Alert
 from stream.worker.pipeline import ScoringPipeline
-from stream.worker.pseudonym import Pseudonymiser
-from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
 from stream.worker.window import Message
 from tests.conftest import make_settings

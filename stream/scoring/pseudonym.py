@@ -17,8 +17,8 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import replace
 
-from stream.worker.alerts import Alert
-from stream.worker.scores import Score
+from stream.scoring.alerts import Alert
+from stream.scoring.scores import Score
 
 
 class Pseudonymiser:

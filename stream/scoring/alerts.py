@@ -149,7 +149,7 @@ def evaluate(
     NaN scores never alert and never re-arm.
 
     silent_ms > 0: a re-score of a user silent for that long since their last event
-    (stream/worker/idle.py). The clock is then last event + silent_ms, only the churn rule
+    (stream/scoring/idle.py). The clock is then last event + silent_ms, only the churn rule
     applies, and the anomaly score of their last event is kept.
     """
     if silent_ms:

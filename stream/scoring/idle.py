@@ -11,7 +11,7 @@ it. A user is due at fixed silence levels after their last event: idle_s, then d
 (2 idle_s, 4 idle_s, ...) up to max_idle_s, and is scored AT a level (elapsed = the level,
 not "now - last event"), so a score depends only on the user's own events and the level.
 Levels the clock passed together (it jumped, or the worker was behind) make one re-score
-at the longest of them. A churn alert's id names the episode (stream/worker/alerts.py), so
+at the longest of them. A churn alert's id names the episode (stream/scoring/alerts.py), so
 a replay that cuts windows differently raises the same alert id, though maybe at another
 level; its event time is last event + level.
 
