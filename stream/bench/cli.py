@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import uuid
+from pathlib import Path
 
 from stream.bench.worker import bench_worker, describe_machine
 from stream.settings import Settings
@@ -18,13 +21,24 @@ from stream.settings import Settings
 
 def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"table_store": args.store})
-    result = asyncio.run(bench_worker(settings, args.users, args.days, args.seed, args.timeout))
+    result = asyncio.run(
+        bench_worker(
+            settings, args.users, args.days, args.seed, args.timeout, flamegraph=args.flamegraph
+        )
+    )
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
+        return 0
     print(f"machine:      {describe_machine()}")
     print(f"events:       {result.events} from {result.users} synthetic users")
     print(f"produce:      {result.produce_s:.1f} s")
     print(f"start-up:     {result.startup_s:.1f} s (worker start to first score)")
     print(f"scoring:      {result.scoring_s:.1f} s")
     print(f"throughput:   {result.events_per_s:,.0f} events/s end to end")
+    print(
+        f"worker CPU:   {result.worker_cpu_us_per_event:,.1f} µs per event "
+        f"({result.worker_cpu_share:.0%} of one core while scoring; Triton not included)"
+    )
     if result.peak_rss_bytes is not None:
         print(f"worker peak:  {result.peak_rss_bytes / 2**20:,.0f} MiB resident")
     return 0
@@ -155,6 +169,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     worker.add_argument("--seed", type=int, default=0)
     worker.add_argument("--store", default="memory://", help="the worker's table store")
     worker.add_argument("--timeout", type=float, default=600.0)
+    worker.add_argument("--json", action="store_true", help="print one JSON object")
+    worker.add_argument(
+        "--flamegraph",
+        type=Path,
+        default=None,
+        help="record the worker with py-spy into this SVG (needs py-spy, the [dev] extra)",
+    )
     worker.set_defaults(handler=_bench_command)
     table = targets.add_parser(
         "table", help="memory and per-event cost of the user table at 10k to 1M users"

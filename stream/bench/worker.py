@@ -4,12 +4,23 @@ It replays a synthetic backlog into fresh topics, starts a real `clickscore work
 process, and reads the scores topic until every user's score reflects all of their events.
 Throughput is events / (time of the last needed score - time of the first score), so the
 worker's start-up (group join, table recovery) is reported apart, not hidden in the rate.
+
+The worker's CPU time (user + system, from /proc, so Triton, the broker and the database
+are not in it) is sampled through the run and read at the first and the last needed
+score: CPU per event is what the worker process itself spent per event while scoring.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import os
 import platform
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -31,6 +42,46 @@ class WorkerBench:
     scoring_s: float  # first score to the last score needed
     events_per_s: float
     peak_rss_bytes: int | None  # the worker's, read just before it is stopped
+    worker_cpu_s: float  # the worker's CPU time from the first score to the last one needed
+    worker_cpu_us_per_event: float
+    worker_cpu_share: float  # worker_cpu_s / scoring_s: 1.0 is one whole core
+
+
+# How often the worker's CPU time is read; the figure at a score's time is interpolated.
+CPU_SAMPLE_S = 0.05
+
+
+class CpuSamples:
+    """(monotonic time, CPU seconds) of one process, read every `CPU_SAMPLE_S`."""
+
+    def __init__(self, record: process.ProcessRecord) -> None:
+        self._record = record
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def sample(self) -> None:
+        cpu = process.cpu_seconds(self._record)
+        if cpu is not None:
+            self.times.append(time.monotonic())
+            self.cpu.append(cpu)
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(CPU_SAMPLE_S)
+
+    def at(self, when: float) -> float:
+        """CPU seconds at `when`, linearly between the samples around it."""
+        if not self.times:
+            raise RuntimeError("the worker's CPU time was never read")
+        i = bisect.bisect_left(self.times, when)
+        if i <= 0:
+            return self.cpu[0]
+        if i >= len(self.times):
+            return self.cpu[-1]
+        t0, t1 = self.times[i - 1], self.times[i]
+        c0, c1 = self.cpu[i - 1], self.cpu[i]
+        return c0 + (c1 - c0) * (when - t0) / max(t1 - t0, 1e-9)
 
 
 def bench_settings(settings: Settings) -> Settings:
@@ -41,8 +92,26 @@ def bench_settings(settings: Settings) -> Settings:
     )
 
 
+def record_flamegraph(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling `pid` into an SVG at `path` until the process ends or is stopped."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+        "py-spy"
+    )
+    if py_spy is None:
+        raise RuntimeError("py-spy is not installed: pip install -e '.[dev]'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [py_spy, "record", "--nonblocking", "--rate", "200", "-o", str(path)]
+    return subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL)
+
+
 async def bench_worker(
-    settings: Settings, users: int, days: int, seed: int, timeout_s: float
+    settings: Settings,
+    users: int,
+    days: int,
+    seed: int,
+    timeout_s: float,
+    *,
+    flamegraph: Path | None = None,
 ) -> WorkerBench:
     from stream.datasets.synthetic import SyntheticConfig, generate
     from stream.ops.replay import replay
@@ -56,14 +125,26 @@ async def bench_worker(
 
     worker = spawn_command(settings, "worker", name="bench-worker")
     launched = time.monotonic()
+    samples = CpuSamples(worker)
+    profiler = record_flamegraph(worker.pid, flamegraph) if flamegraph else None
+    sampler = asyncio.ensure_future(samples.run())
     try:
         first, last = await wait_for_scores(
             settings, expected, alive=lambda: process.is_alive(worker), timeout_s=timeout_s
         )
+        samples.sample()
         peak_rss = process.peak_rss_bytes(worker)
     finally:
+        sampler.cancel()
+        if profiler is not None:
+            # SIGINT makes py-spy write what it sampled so far.
+            profiler.send_signal(signal.SIGINT)
+            await asyncio.to_thread(profiler.wait, 30)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
         process.stop(settings.run_dir, worker.name)
     scoring_s = max(last - first, 1e-9)
+    cpu_s = samples.at(last) - samples.at(first)
     return WorkerBench(
         users=len(expected),
         events=len(events),
@@ -72,6 +153,9 @@ async def bench_worker(
         scoring_s=scoring_s,
         events_per_s=len(events) / scoring_s,
         peak_rss_bytes=peak_rss,
+        worker_cpu_s=cpu_s,
+        worker_cpu_us_per_event=cpu_s / len(events) * 1e6,
+        worker_cpu_share=cpu_s / scoring_s,
     )
 
 
