@@ -94,9 +94,7 @@ def bench_settings(settings: Settings) -> Settings:
 
 def record_flamegraph(pid: int, path: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling `pid` into an SVG at `path` until the process ends or is stopped."""
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
-        "py-spy"
-    )
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         raise RuntimeError("py-spy is not installed: pip install -e '.[dev]'")
     path.parent.mkdir(parents=True, exist_ok=True)

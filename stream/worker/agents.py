@@ -1,4 +1,11 @@
-"""The worker's one agent: read windows of events and hand each to the scoring pipeline."""
+"""The worker's one agent: read windows of events and hand each to the scoring pipeline.
+
+Faust subscribes the consumer to the events topic for this agent, but its records reach the
+agent as whole fetched batches (`BatchDelivery`, stream/faust_ext.py), not one `Event` at a
+time through the agent's stream: Faust's per-record delivery cost more CPU than everything
+the worker does with an event. A window is what was fetched and is waiting, up to
+`window_max_events`; its offsets are acknowledged only when the pipeline has finished it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 
 import faust
 
+from stream.faust_ext import BatchDelivery
 from stream.settings import Settings
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.tables import UserStateTable
@@ -29,29 +37,24 @@ def register_agents(
     settings: Settings,
     on_start: Callable[[], Awaitable[None]],
 ) -> None:
+    delivery = BatchDelivery(app, [settings.topic_events], settings.stream_buffer_maxsize)
+
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]
     async def score_events(stream: faust.StreamT[Any]) -> None:
         await on_start()  # connect to Triton and the database inside the running loop
-        windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
-        async for events in windows:
-            table.remember(events)
+        async for window in delivery.windows(settings.window_max_events):
+            table.remember(window.events(app))
             messages = [
                 Message(
-                    key=e.message.key,
-                    value=e.message.value,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
+                    key=r.key, value=r.value, topic=r.topic, partition=r.partition, offset=r.offset
                 )
-                for e in events
+                for r in window.records
             ]
             try:
                 await pipeline.process(messages)
             except Exception:
-                # take_events acknowledges a window when its body ends, even by an
-                # exception, and acknowledged offsets get committed. Retriable faults are
-                # retried inside process(); anything else stops the process at once so
-                # this window is read again on restart instead of being skipped.
+                # Retriable faults are retried inside process(); anything else stops the
+                # process at once, unacknowledged, so this window is read again on restart.
                 first = messages[0]
                 log.critical(
                     "window failed; exiting without acknowledging it",
@@ -65,3 +68,4 @@ def register_agents(
                 )
                 logging.shutdown()
                 os._exit(EXIT_WINDOW_FAILED)
+            window.ack()
