@@ -105,6 +105,9 @@ class Settings(BaseSettings):
 
     # --- Event validation ---------------------------------------------------------------
     max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")
+    max_batch_events: int = Field(
+        500, ge=1, description="Most events in one batch message (a JSON array of events)."
+    )
     max_event_age_s: int = Field(
         30 * 86_400, ge=1, description="Oldest accepted event timestamp, before now."
     )

@@ -98,7 +98,7 @@ def record_flamegraph(pid: int, path: Path) -> subprocess.Popen[bytes]:
     if py_spy is None:
         raise RuntimeError("py-spy is not installed: pip install -e '.[dev]'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [py_spy, "record", "--nonblocking", "--rate", "200", "-o", str(path)]
+    argv = [py_spy, "record", "--nonblocking", "--rate", "100", "--nolineno", "-o", str(path)]
     return subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL)
 
 

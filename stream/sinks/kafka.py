@@ -30,6 +30,8 @@ def dead_letter_record(topic: str, message: Message, rejection: Rejection) -> Re
         ("clickscore.source.partition", str(message.partition).encode()),
         ("clickscore.source.offset", str(message.offset).encode()),
     ]
+    if rejection.index is not None:  # one event of a batch message: which one
+        headers.append(("clickscore.batch.index", str(rejection.index).encode()))
     return (topic, message.key, message.value, headers)
 
 

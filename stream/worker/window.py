@@ -13,10 +13,10 @@ of a window that crashed after its table write but before its sinks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from stream.contract.events import Event, Rejection, ValidationLimits, parse_event
+from stream.contract.events import Event, Rejection, ValidationLimits, is_batch, parse_message
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
 
@@ -45,6 +45,17 @@ class Window:
     duplicates: int = 0
 
 
+def _parsed(
+    messages: Sequence[Message], now_ms: int, limits: ValidationLimits
+) -> Iterator[tuple[Message, int | None, Event | Rejection]]:
+    """Each event of each message (a message may be a batch), with its index in the batch."""
+    for message in messages:
+        batch = is_batch(message.value)
+        # A rejection carries its own index (None when the whole message was unreadable).
+        for index, parsed in enumerate(parse_message(message.value, now_ms, limits)):
+            yield message, index if batch else None, parsed
+
+
 def fold(
     messages: Sequence[Message],
     load_state: Callable[[str, int], UserState | None],
@@ -55,8 +66,7 @@ def fold(
     now_ms: int,
 ) -> Window:
     window = Window()
-    for message in messages:
-        parsed = parse_event(message.value, now_ms, limits)
+    for message, index, parsed in _parsed(messages, now_ms, limits):
         if isinstance(parsed, Rejection):
             window.rejected.append((message, parsed))
             continue
@@ -64,7 +74,7 @@ def fold(
             # Per-user state lives in the partition of the user's key: a message keyed
             # otherwise would split that user's sequence across workers.
             detail = "message key differs from user_id; key events by user_id"
-            window.rejected.append((message, Rejection(KEY_MISMATCH, detail)))
+            window.rejected.append((message, Rejection(KEY_MISMATCH, detail, index)))
             continue
         user = parsed.user_id
         state = window.states.get(user)

@@ -168,3 +168,45 @@ async def test_triton_outage_pauses_scoring_without_committing_past_it(
         worker.stop()
         process.stop(settings.run_dir, triton.NAME)
     assert counts == dict(traffic.events_per_user)
+
+
+async def test_batch_messages_score_their_events_and_dead_letter_the_bad_ones_by_index(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = worker_settings(settings)
+    await prepare(settings)
+    now_ms = int(time.time() * 1000)
+
+    def event(user: str, n: int) -> dict[str, object]:
+        return {
+            "event_id": f"{user}-{n}",
+            "user_id": user,
+            "ts": now_ms - 60_000 + n,
+            "event_type": "view",
+        }
+
+    # Per user: one batch of five events, its third unusable; then one plain event.
+    users = [f"batch-user-{u}" for u in range(20)]
+    records: list[tuple[bytes | None, bytes]] = []
+    for user in users:
+        batch = [event(user, n) for n in range(5)]
+        batch[2] = {**batch[2], "ts": "not a time"}
+        records.append((user.encode(), orjson.dumps(batch)))
+        records.append((user.encode(), orjson.dumps(event(user, 5))))
+    records.append((b"batch-user-0", b"[]"))
+    await produce(settings, settings.topic_events, records)
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        counts = await wait_until_scored(settings, {user: 5 for user in users}, worker)
+    finally:
+        worker.stop()
+
+    assert counts == {user: 5 for user in users}
+    dead = await read_all(settings, settings.topic_dead_letter, until=len(users) + 1)
+    headers = [dict(r.headers) for r in dead]
+    by_index = sorted(
+        (h["clickscore.reason"].decode(), h.get("clickscore.batch.index")) for h in headers
+    )
+    assert by_index == [("bad_timestamp", b"2")] * len(users) + [("empty_batch", None)]
+    assert {r.value for r in dead} == {v for _, v in records if v.startswith(b"[")}
