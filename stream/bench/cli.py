@@ -3,7 +3,8 @@
 `bench worker` measures one worker process end to end (stream/bench/worker.py); `bench
 latency` its latency at offered rates (stream/bench/latency.py); `bench table` the user
 table at 10k-1M users (stream/bench/scaling.py); `bench broker`, `bench faust` and `bench
-triton` measure the ceilings under it (stream/bench/ceilings.py).
+triton` measure the ceilings under it (stream/bench/ceilings.py); `bench gpu` the served model
+through Triton against its in-process ceiling (stream/bench/gpu.py).
 """
 
 from __future__ import annotations
@@ -86,6 +87,41 @@ def _triton_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.gpu import gpu_bench
+
+    result = asyncio.run(
+        gpu_bench(settings, args.batches, args.concurrency, args.seconds, args.repeats, args.device)
+    )
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
+        return 0
+    print(f"machine: {describe_machine()}")
+    print(
+        f"model '{settings.triton_model}' version {result.version}; in process on "
+        f"{result.device} ({result.dtype}, median of {args.repeats}); Triton at "
+        f"{settings.triton_grpc_url} (max_batch_size {result.max_batch_size}), best of "
+        f"concurrency {','.join(map(str, args.concurrency))}, {args.seconds:g} s per point\n"
+    )
+    print(
+        "| batch | in process ms | in process sequences/s | Triton sequences/s "
+        "| at concurrency | Triton p50 ms | Triton / in process |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for point in result.ceiling:
+        best = result.best_triton(point.batch)
+        served = (
+            f"{best.sequences_per_s:,.0f} | {best.concurrency} | {best.p50_ms:.1f} "
+            f"| {best.sequences_per_s / point.sequences_per_s:.0%}"
+            if best is not None
+            else "above max_batch_size | | |"
+        )
+        print(
+            f"| {point.batch:,} | {point.median_ms:.2f} | {point.sequences_per_s:,.0f} | {served} |"
+        )
+    return 0
+
+
 def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.latency import measure_rate, rate_events
     from stream.datasets.synthetic import SyntheticConfig, generate
@@ -163,6 +199,16 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     triton.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 32])
     triton.add_argument("--seconds", type=float, default=3.0, help="per point")
     triton.set_defaults(handler=_triton_command)
+    gpu = targets.add_parser(
+        "gpu", help="the served model through Triton against its in-process ceiling, one run"
+    )
+    gpu.add_argument("--batches", type=_int_list, default=[1, 256, 1024, 4096, 8192])
+    gpu.add_argument("--concurrency", type=_int_list, default=[1, 2, 4])
+    gpu.add_argument("--seconds", type=float, default=3.0, help="per Triton point")
+    gpu.add_argument("--repeats", type=int, default=30, help="in-process calls per batch")
+    gpu.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto")
+    gpu.add_argument("--json", action="store_true", help="print one JSON object")
+    gpu.set_defaults(handler=_gpu_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
     worker.add_argument("--users", type=int, default=2000)
     worker.add_argument("--days", type=int, default=7)

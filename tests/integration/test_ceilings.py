@@ -1,4 +1,4 @@
-"""`clickscore bench broker | faust | triton | latency` against the real services (figures
+"""`clickscore bench broker | faust | triton | gpu | latency` against the real services (figures
 are not asserted: these machines are noisy; the commands must work and count what they did)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stream.bench.ceilings import broker_ceiling, sample_tokens, triton_grid
+from stream.bench.gpu import gpu_bench
 from stream.bench.latency import measure_rate, rate_events
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.synthetic import SyntheticConfig, generate
@@ -63,3 +64,42 @@ async def test_latency_bench_measures_an_offered_rate(settings: Settings) -> Non
     assert 0 < p50 <= p95 <= p99
     assert point.window_events > 0
     assert {"fold", "score", "results", "table"} <= set(point.stage_ms)
+
+
+async def test_gpu_bench_sets_triton_against_the_in_process_ceiling(
+    stack_settings: Settings,
+) -> None:
+    # On the CPU with tiny sizes: the same code a GPU run takes, but the device.
+    result = await gpu_bench(
+        stack_settings, [1, 4, 512], [1, 2], seconds=0.3, repeats=3, device="cpu"
+    )
+    assert (result.device, result.dtype) == ("cpu", "float32")
+    assert [p.batch for p in result.ceiling] == [1, 4, 512]
+    assert all(p.median_ms > 0 and p.sequences_per_s > 0 for p in result.ceiling)
+    # 512 is above the CPU config's max_batch_size (256): measured in process only.
+    assert result.max_batch_size == 256
+    assert sorted({(p.batch, p.concurrency) for p in result.triton}) == [
+        (1, 1),
+        (1, 2),
+        (4, 1),
+        (4, 2),
+    ]
+    best = result.best_triton(4)
+    assert best is not None and best.requests > 0
+    assert result.best_triton(512) is None
+
+
+def test_bench_gpu_command_prints_one_row_per_batch(stack_settings: Settings) -> None:
+    argv = [sys.executable, "-m", "stream.cli", "bench", "gpu", "--device", "cpu"]
+    argv += ["--batches", "1,2", "--concurrency", "1", "--seconds", "0.2", "--repeats", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
+    done = subprocess.run(
+        argv, env=env | stack_settings.as_environment(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert len(rows) == 2, done.stdout
