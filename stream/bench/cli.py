@@ -207,6 +207,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     gpu.add_argument("--seconds", type=float, default=3.0, help="per Triton point")
     gpu.add_argument("--repeats", type=int, default=30, help="in-process calls per batch")
     gpu.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto")
+    gpu.add_argument(
+        "--compile", action="store_true", help="torch.compile score() in process (GPU only)"
+    )
     gpu.add_argument("--json", action="store_true", help="print one JSON object")
     gpu.set_defaults(handler=_gpu_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")

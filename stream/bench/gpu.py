@@ -63,7 +63,7 @@ def served_max_batch_size(settings: Settings) -> int:
 
 
 def in_process_ceiling(
-    folder: Path, batches: list[int], device_name: str, repeats: int
+    folder: Path, batches: list[int], device_name: str, repeats: int, compile: bool = False
 ) -> tuple[str, str, list[CeilingPoint]]:
     """(device, dtype, points): `score` of the version in `folder`, timed per batch size."""
     import torch
@@ -77,6 +77,13 @@ def in_process_ceiling(
     gpu = device.type == "cuda"
     if gpu:
         model = model.half()  # as model.py serves it on a GPU
+    score = model.score
+    if compile:
+        if not gpu:
+            raise ValueError(
+                "--compile is measured on a GPU only (model.py never compiles on a CPU)"
+            )
+        score = torch.compile(model.score, dynamic=True)  # as model.py would
     points: list[CeilingPoint] = []
     for batch in batches:
         length = model.config.sequence_length
@@ -84,19 +91,19 @@ def in_process_ceiling(
         times_ms: list[float] = []
         with torch.inference_mode():
             for _ in range(3):  # warm-up: allocator, kernels, caches
-                model.score(tokens)
+                score(tokens)
             for _ in range(repeats):
                 if gpu:
                     start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
                     end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
                     start.record()
-                    model.score(tokens)
+                    score(tokens)
                     end.record()
                     torch.cuda.synchronize(device)
                     times_ms.append(start.elapsed_time(end))
                 else:
                     began = time.perf_counter()
-                    model.score(tokens)
+                    score(tokens)
                     times_ms.append((time.perf_counter() - began) * 1000)
         median = statistics.median(times_ms)
         points.append(CeilingPoint(batch, median, batch / (median / 1000)))
@@ -110,9 +117,10 @@ async def gpu_bench(
     seconds: float,
     repeats: int,
     device: str = "auto",
+    compile: bool = False,
 ) -> GpuBench:
     folder = served_folder(settings)
-    device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats)
+    device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats, compile)
     max_batch = served_max_batch_size(settings)
     servable = [b for b in batches if b <= max_batch]
     triton = await triton_grid(settings, servable, concurrencies, seconds)
