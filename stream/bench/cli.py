@@ -24,7 +24,13 @@ def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"table_store": args.store})
     result = asyncio.run(
         bench_worker(
-            settings, args.users, args.days, args.seed, args.timeout, flamegraph=args.flamegraph
+            settings,
+            args.users,
+            args.days,
+            args.seed,
+            args.timeout,
+            flamegraph=args.flamegraph,
+            workers=args.workers,
         )
     )
     if args.json:
@@ -32,6 +38,7 @@ def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"machine:      {describe_machine()}")
     print(f"events:       {result.events} from {result.users} synthetic users")
+    print(f"workers:      {result.workers} in one consumer group")
     print(f"produce:      {result.produce_s:.1f} s")
     print(f"start-up:     {result.startup_s:.1f} s (worker start to first score)")
     print(f"scoring:      {result.scoring_s:.1f} s")
@@ -219,6 +226,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     worker.add_argument("--store", default="memory://", help="the worker's table store")
     worker.add_argument("--timeout", type=float, default=600.0)
     worker.add_argument("--json", action="store_true", help="print one JSON object")
+    worker.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run this many workers in one group, joined before the backlog is sent",
+    )
     worker.add_argument(
         "--flamegraph",
         type=Path,

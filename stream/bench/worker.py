@@ -37,14 +37,15 @@ from stream.stack.process import free_port, spawn_command
 class WorkerBench:
     users: int
     events: int
+    workers: int
     produce_s: float
     startup_s: float  # worker start to first score
     scoring_s: float  # first score to the last score needed
     events_per_s: float
-    peak_rss_bytes: int | None  # the worker's, read just before it is stopped
-    worker_cpu_s: float  # the worker's CPU time from the first score to the last one needed
+    peak_rss_bytes: int | None  # the largest worker's, read just before they are stopped
+    worker_cpu_s: float  # the workers' CPU time from the first score to the last one needed
     worker_cpu_us_per_event: float
-    worker_cpu_share: float  # worker_cpu_s / scoring_s: 1.0 is one whole core
+    worker_cpu_share: float  # worker_cpu_s / scoring_s: 1.0 is one whole core, all workers
 
 
 # How often the worker's CPU time is read; the figure at a score's time is interpolated.
@@ -102,6 +103,45 @@ def record_flamegraph(pid: int, path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL)
 
 
+async def group_members(settings: Settings) -> int:
+    """Members of the worker's consumer group once it is stable (0 while it rebalances)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from stream.kafka_security import aiokafka_options
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.broker_servers, **aiokafka_options(settings)
+    )
+    await admin.start()
+    try:
+        [response] = await admin.describe_consumer_groups([settings.consumer_group])
+        [group] = response.groups
+        _error, _name, state, _type, _protocol, members = group[:6]
+        return len(members) if state == "Stable" else 0
+    finally:
+        await admin.close()
+
+
+async def wait_for_group(
+    settings: Settings, workers: list[process.ProcessRecord], timeout_s: float
+) -> None:
+    """Until every worker has joined the group and it stays stable for a second."""
+    deadline = time.monotonic() + timeout_s
+    stable_since: float | None = None
+    while True:
+        if not all(process.is_alive(w) for w in workers):
+            raise RuntimeError("a worker exited while joining; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(workers)} workers did not form a stable group")
+        if await group_members(settings) == len(workers):
+            stable_since = stable_since or time.monotonic()
+            if time.monotonic() - stable_since >= 1.0:
+                return
+        else:
+            stable_since = None
+        await asyncio.sleep(0.2)
+
+
 async def bench_worker(
     settings: Settings,
     users: int,
@@ -110,47 +150,79 @@ async def bench_worker(
     timeout_s: float,
     *,
     flamegraph: Path | None = None,
+    workers: int | None = None,
 ) -> WorkerBench:
+    """One worker started on a waiting backlog; or, with `workers`, that many workers in
+    one consumer group, started first and joined, then given the backlog all at once."""
     from stream.datasets.synthetic import SyntheticConfig, generate
-    from stream.ops.replay import replay
+    from stream.ops.replay import ensure_topic, replay
 
     settings = bench_settings(settings)
     events, _ = generate(SyntheticConfig(users=users, days=days, seed=seed))
     expected = Counter(e.user_id for e in events)
-    started = time.monotonic()
-    await replay(settings, events, rate=0, shift_to_now=True)
-    produce_s = time.monotonic() - started
+    records: list[process.ProcessRecord] = []
 
-    worker = spawn_command(settings, "worker", name="bench-worker")
-    launched = time.monotonic()
-    samples = CpuSamples(worker)
-    profiler = record_flamegraph(worker.pid, flamegraph) if flamegraph else None
-    sampler = asyncio.ensure_future(samples.run())
+    def start_workers(count: int) -> None:
+        for i in range(count):
+            # Each worker its own Faust and metrics ports, as separate hosts would have.
+            own = settings.model_copy(
+                update={"worker_web_port": free_port(), "metrics_port": free_port()}
+            )
+            records.append(spawn_command(own, "worker", name=f"bench-worker-{i}"))
+
+    def alive() -> bool:
+        return all(process.is_alive(w) for w in records)
+
     try:
-        first, last = await wait_for_scores(
-            settings, expected, alive=lambda: process.is_alive(worker), timeout_s=timeout_s
-        )
-        samples.sample()
-        peak_rss = process.peak_rss_bytes(worker)
+        if workers is None:
+            started = time.monotonic()
+            await replay(settings, events, rate=0, shift_to_now=True)
+            produce_s = time.monotonic() - started
+            start_workers(1)
+            launched = time.monotonic()
+        else:
+            await ensure_topic(settings, settings.topic_events)
+            start_workers(workers)
+            launched = time.monotonic()
+            await wait_for_group(settings, records, timeout_s)
+            started = time.monotonic()
+            await replay(settings, events, rate=0, shift_to_now=True)
+            produce_s = time.monotonic() - started
+        samples = [CpuSamples(w) for w in records]
+        profiler = record_flamegraph(records[0].pid, flamegraph) if flamegraph else None
+        samplers = [asyncio.ensure_future(s.run()) for s in samples]
+        try:
+            first, last = await wait_for_scores(
+                settings, expected, alive=alive, timeout_s=timeout_s
+            )
+            for sample in samples:
+                sample.sample()
+            peaks = [process.peak_rss_bytes(w) for w in records]
+        finally:
+            for sampler in samplers:
+                sampler.cancel()
+            if profiler is not None:
+                # SIGINT makes py-spy write what it sampled so far.
+                profiler.send_signal(signal.SIGINT)
+                await asyncio.to_thread(profiler.wait, 30)
+            for sampler in samplers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
     finally:
-        sampler.cancel()
-        if profiler is not None:
-            # SIGINT makes py-spy write what it sampled so far.
-            profiler.send_signal(signal.SIGINT)
-            await asyncio.to_thread(profiler.wait, 30)
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
-        process.stop(settings.run_dir, worker.name)
+        for record in records:
+            process.stop(settings.run_dir, record.name)
     scoring_s = max(last - first, 1e-9)
-    cpu_s = samples.at(last) - samples.at(first)
+    cpu_s = sum(s.at(last) - s.at(first) for s in samples)
+    known_peaks = [p for p in peaks if p is not None]
     return WorkerBench(
         users=len(expected),
         events=len(events),
+        workers=len(records),
         produce_s=produce_s,
         startup_s=first - launched,
         scoring_s=scoring_s,
         events_per_s=len(events) / scoring_s,
-        peak_rss_bytes=peak_rss,
+        peak_rss_bytes=max(known_peaks) if known_peaks else None,
         worker_cpu_s=cpu_s,
         worker_cpu_us_per_event=cpu_s / len(events) * 1e6,
         worker_cpu_share=cpu_s / scoring_s,

@@ -3,6 +3,7 @@ are not asserted: these machines are noisy; the commands must work and count wha
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from stream.bench.gpu import gpu_bench
 from stream.bench.latency import measure_rate, rate_events
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.synthetic import SyntheticConfig, generate
+from stream.db import migrate
 from stream.settings import Settings
 from tests.support.checks import prepare, worker_settings
 
@@ -103,3 +105,23 @@ def test_bench_gpu_command_prints_one_row_per_batch(stack_settings: Settings) ->
         if line.startswith("| 1 ") or line.startswith("| 2 ")
     ]
     assert len(rows) == 2, done.stdout
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_bench_worker_reports_throughput_and_the_workers_cpu_per_event(
+    settings: Settings, workers: int | None
+) -> None:
+    settings = worker_settings(settings)
+    migrate.upgrade(settings)  # the bench makes its own topics, not the database
+    argv = [sys.executable, "-m", "stream.cli", "bench", "worker", "--json"]
+    argv += ["--users", "30", "--days", "2", "--timeout", "240"]
+    argv += ["--workers", str(workers)] if workers else []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
+    done = subprocess.run(
+        argv, env=env | settings.as_environment(), capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["workers"] == (workers or 1)
+    assert result["events"] > 0 and result["events_per_s"] > 0
+    assert result["worker_cpu_us_per_event"] > 0 and result["worker_cpu_s"] > 0
