@@ -70,10 +70,13 @@ def _broker_command(settings: Settings, args: argparse.Namespace) -> int:
 def _faust_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.ceilings import faust_ceiling
 
-    result = faust_ceiling(settings, args.records)
+    result = faust_ceiling(settings, args.records, batches=args.batches)
+    how = "whole fetched batches (BatchDelivery)" if args.batches else "Faust's stream"
     print(f"machine:  {describe_machine()}")
     print(f"records:  {result.records:,} events, the worker's Faust settings, no processing")
+    print(f"through:  {how}")
     print(f"received: {result.events_per_s:,.0f} events/s at {result.cpu_share:.0%} of one core")
+    print(f"CPU:      {result.cpu_share / result.events_per_s * 1e6:,.1f} µs per event")
     return 0
 
 
@@ -198,6 +201,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "faust", help="events/s a Faust agent receives when it does nothing with them"
     )
     faust.add_argument("--records", type=int, default=100_000)
+    faust.add_argument(
+        "--batches", action="store_true", help="through the worker's whole-batch delivery"
+    )
     faust.set_defaults(handler=_faust_command)
     triton = targets.add_parser(
         "triton", help="sequences/s and latency of the served model by batch and concurrency"

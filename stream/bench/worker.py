@@ -94,12 +94,17 @@ def bench_settings(settings: Settings) -> Settings:
 
 
 def record_flamegraph(pid: int, path: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` into an SVG at `path` until the process ends or is stopped."""
+    """py-spy sampling `pid` into an SVG at `path` until the process ends or is stopped.
+
+    Only samples that hold the GIL: the CPU the worker spends in Python, not its threads
+    waiting on sockets.
+    """
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         raise RuntimeError("py-spy is not installed: pip install -e '.[dev]'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    argv = [py_spy, "record", "--nonblocking", "--rate", "100", "--nolineno", "-o", str(path)]
+    argv = [py_spy, "record", "--nonblocking", "--gil", "--rate", "100", "--nolineno"]
+    argv += ["-o", str(path)]
     return subprocess.Popen([*argv, "--pid", str(pid)], stdout=subprocess.DEVNULL)
 
 

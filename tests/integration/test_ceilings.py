@@ -44,10 +44,11 @@ async def test_triton_grid_measures_every_point(stack_settings: Settings) -> Non
         assert p.sequences_per_s > 0 and 0 < p.p50_ms <= p.p99_ms
 
 
-def test_faust_ceiling_receives_every_record(settings: Settings) -> None:
+@pytest.mark.parametrize("through", [[], ["--batches"]])
+def test_faust_ceiling_receives_every_record(settings: Settings, through: list[str]) -> None:
     # A Faust worker owns its process's event loop and signals: run the command as a child.
     env = {**os.environ, **settings.as_environment()}
-    argv = [sys.executable, "-m", "stream.cli", "bench", "faust", "--records", "3000"]
+    argv = [sys.executable, "-m", "stream.cli", "bench", "faust", "--records", "3000", *through]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     received = re.search(r"received: ([\d,]+) events/s at (\d+)% of one core", done.stdout)
