@@ -50,6 +50,12 @@ from stream.stack import local, postgres, process
 from stream.stack.process import free_port, spawn_command
 
 LATENCY_SOURCE = "from the demo sending the event to its score in Kafka"
+# Events/s offered by default: about half of what one worker sustained on a shared two-core
+# machine with the transformer on the CPU (BENCHMARKS.md, "Latency at offered rates"), so
+# the live view shows the pipeline's latency, not a queue. `--rate` offers more.
+DEFAULT_RATE = 400.0
+# Scoring that ends later than this after the last event was sent means events queued.
+SATURATED_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class DemoOptions:
     seed: int = 0
     keep_running: bool = False
     timeout_s: float = 300.0  # for scoring to finish, on top of the paced replay's own time
-    rate: float = 2000.0  # events/s; 0 sends as fast as possible
+    rate: float = DEFAULT_RATE  # events/s; 0 sends as fast as possible
     report_root: Path = Path("reports")
     dataset: tuple[str, Path] | None = None  # (format, path): real data instead of synthetic
     max_events: int = 50_000  # of a dataset, the earliest this many
@@ -72,6 +78,7 @@ class _Run:
 
     events: int
     users: int
+    offered_rate: float = 0.0
     replay_s: float = 0.0
     scoring_s: float = 0.0
     latencies_s: list[float] | None = None
@@ -198,7 +205,7 @@ async def _replay_live(
     expected: Counter[str],
     alive: Callable[[], bool],
 ) -> _Run:
-    run = _Run(events=len(events), users=len(expected), latencies_s=[])
+    run = _Run(events=len(events), users=len(expected), offered_rate=options.rate, latencies_s=[])
     sent_ms: dict[str, int] = {}
     scored: set[str] = set()
     async with LiveView(settings, Console()) as view:
@@ -273,11 +280,27 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.1f} s"
 
 
+def capacity_note(offered: float, events: int, replay_s: float, scoring_s: float) -> str | None:
+    """Why latencies are queueing, when the offered rate was above what the worker kept up."""
+    behind_s = scoring_s - replay_s
+    if offered <= 0 or behind_s <= SATURATED_AFTER_S:
+        return None
+    achieved = events / max(scoring_s, 1e-9)
+    return (
+        f"the offered {offered:,.0f} events/s was above this machine's capacity: the worker "
+        f"kept up with about {achieved:,.0f} events/s and finished {behind_s:.1f} s after the "
+        f"last event was sent, so latencies include queueing (try --rate {achieved / 2:,.0f})"
+    )
+
+
 def _facts(run: _Run, results: RunResults) -> list[tuple[str, str]]:
     kinds = Counter(kind for _, kind, _ in results.alerts)
     final = run.final
+    note = capacity_note(run.offered_rate, run.events, run.replay_s, run.scoring_s)
+    offered = f"{run.offered_rate:,.0f} events/s" if run.offered_rate > 0 else "unpaced"
     return [
         ("events replayed", f"{run.events:,} of {run.users} users in {run.replay_s:.1f} s"),
+        ("offered rate", offered + (": ABOVE CAPACITY" if note else ", kept up with")),
         ("all users scored after", f"{run.scoring_s:.1f} s"),
         ("scores emitted", f"{len(run.latencies_s or ()):,}"),
         ("event-to-score latency", _latency_text(run.latencies_s or ())),
@@ -297,6 +320,9 @@ def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionR
     print()
     for label, value in _facts(run, results):
         print(f"{label + ':':<34} {value}")
+    note = capacity_note(run.offered_rate, run.events, run.replay_s, run.scoring_s)
+    if note:
+        print(f"\nnote: {note}")
     if not accuracy:
         print("\nreal data: no ground truth to score the alerts against")
         return
@@ -325,6 +351,9 @@ def _write_report(
             "The replay was not paced (--rate 0): latencies include the time events waited "
             "in the backlog."
         )
+    note = capacity_note(run.offered_rate, run.events, run.replay_s, run.scoring_s)
+    if note:
+        notes.append(note[0].upper() + note[1:] + ".")
     data = ReportData(
         title=f"clickscore demo · {source}",
         generated_at=now,
