@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         256, ge=1, description="Most sequences in one Triton request (a window may send several)."
     )
-    flush_delay_ms: int = Field(20, ge=1, description="Longest wait before a window is scored.")
+    flush_delay_ms: int = Field(
+        20, ge=1, description="`bench faust` only: its Faust-stream window wait."
+    )
 
     # --- Alert thresholds ----------------------------------------------------------------
     churn_alert_threshold: float = Field(0.8, ge=0, le=1, description="Churn risk that alerts.")
@@ -96,7 +98,7 @@ class Settings(BaseSettings):
         20, ge=0, description="Longest the broker may hold a fetch that finds no records."
     )
     stream_buffer_maxsize: int = Field(
-        4096, ge=1, description="Events buffered per partition before consumption pauses."
+        4096, ge=1, description="Fetched events waiting for the worker before fetching pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")

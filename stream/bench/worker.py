@@ -194,11 +194,18 @@ async def bench_worker(
             await replay(settings, events, rate=0, shift_to_now=True)
             produce_s = time.monotonic() - started
         samples = [CpuSamples(w) for w in records]
-        profiler = record_flamegraph(records[0].pid, flamegraph) if flamegraph else None
+        profiler: subprocess.Popen[bytes] | None = None
+
+        def on_score(_score: dict[str, object]) -> None:
+            nonlocal profiler
+            # From the first score: the flame graph shows scoring, not imports and joins.
+            if flamegraph is not None and profiler is None:
+                profiler = record_flamegraph(records[0].pid, flamegraph)
+
         samplers = [asyncio.ensure_future(s.run()) for s in samples]
         try:
             first, last = await wait_for_scores(
-                settings, expected, alive=alive, timeout_s=timeout_s
+                settings, expected, alive=alive, timeout_s=timeout_s, on_score=on_score
             )
             for sample in samples:
                 sample.sample()
