@@ -51,6 +51,7 @@ so an upgrade of Faust fails loudly at start instead of losing events quietly.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -187,8 +188,13 @@ class DeliveredWindow:
         self._first = first
         # One Faust message per partition stands for the window until it is acked.
         self._standing = {tp: consumer._to_message(tp, record) for tp, record in last.items()}
-        for message in self._standing.values():
+        now = time.monotonic()
+        inbound = consumer.app.monitor.stream_inbound_time
+        for tp, message in self._standing.items():
             consumer.track_message(message)
+            # What a stream records per event: Faust's stall check (`verify_event_path`)
+            # would otherwise report these partitions as never processed.
+            inbound[tp] = now
 
     def events(self, app: faust.App) -> list[faust.EventT]:
         """One Faust event per partition, for `in_partition_of`."""
