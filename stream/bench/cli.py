@@ -223,6 +223,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     gpu.add_argument(
         "--compile", action="store_true", help="torch.compile score() in process (GPU only)"
     )
+    gpu.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="first reload the served model with this config.pbtxt (e.g. config.gpu.pbtxt)",
+    )
     gpu.add_argument("--json", action="store_true", help="print one JSON object")
     gpu.set_defaults(handler=_gpu_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")

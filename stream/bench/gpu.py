@@ -56,6 +56,23 @@ def served_folder(settings: Settings) -> Path:
     return versions[-1][1]
 
 
+def load_config(settings: Settings, config: Path) -> None:
+    """(Re)load the served model with `config` (a config.pbtxt) through the repository API.
+
+    How a GPU run serves config.gpu.pbtxt from the local stack's repository, whose own
+    config.pbtxt is the CPU variant. The old config keeps serving if Triton refuses it.
+    """
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    body = json.dumps({"parameters": {"config": json_format.MessageToJson(parsed)}}).encode()
+    url = f"http://{settings.triton_http_url}/v2/repository/models/{settings.triton_model}/load"
+    request = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:
+        response.read()
+
+
 def served_max_batch_size(settings: Settings) -> int:
     url = f"http://{settings.triton_http_url}/v2/models/{settings.triton_model}/config"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -118,7 +135,10 @@ async def gpu_bench(
     repeats: int,
     device: str = "auto",
     compile: bool = False,
+    config: Path | None = None,
 ) -> GpuBench:
+    if config is not None:
+        load_config(settings, config)
     folder = served_folder(settings)
     device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats, compile)
     max_batch = served_max_batch_size(settings)

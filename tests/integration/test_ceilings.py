@@ -93,7 +93,11 @@ async def test_gpu_bench_sets_triton_against_the_in_process_ceiling(
 
 
 def test_bench_gpu_command_prints_one_row_per_batch(stack_settings: Settings) -> None:
+    # --config reloads the served model through the repository API; the CPU config here,
+    # as a GPU run passes config.gpu.pbtxt.
+    config = stack_settings.model_repo / stack_settings.triton_model / "config.pbtxt"
     argv = [sys.executable, "-m", "stream.cli", "bench", "gpu", "--device", "cpu"]
+    argv += ["--config", str(config)]
     argv += ["--batches", "1,2", "--concurrency", "1", "--seconds", "0.2", "--repeats", "2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
     done = subprocess.run(
