@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/clickscore demo
 
 # The whole suite against the real stack (the fixtures start and stop it).
-test: $(STAMP) browser
+test: $(STAMP) browser $(BIN)/promtool
 	$(BIN)/python -m pytest
 
 # Debian's chromium, for the browser test of the demo's HTML report. sudo only when not root.
@@ -25,6 +25,15 @@ SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null && echo sudo
 browser:
 	@command -v chromium >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# promtool, which checks the alert rules and the dashboard's queries, unpacked from Debian's
+# prometheus package into the venv: installing the package would also start a Prometheus.
+$(BIN)/promtool: | $(STAMP)
+	@tmp=$$(mktemp -d) && cd $$tmp && \
+		{ apt-get download prometheus 2>/dev/null || \
+			{ $(SUDO) apt-get update -qq && apt-get download prometheus; }; } && \
+		dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(CURDIR)/$@ && \
+		cd / && rm -rf $$tmp
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,22 +4,49 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from stream.settings import Settings
+from stream.settings import (
+    ActionsSettings,
+    CoreSettings,
+    KafkaSettings,
+    ReplaySettings,
+    Settings,
+    StackSettings,
+    TrainerSettings,
+    WorkerSettings,
+)
 
-Handler = Callable[[Settings, argparse.Namespace], int]
+Handler = Callable[[Any, argparse.Namespace], int]
+
+# What each command reads: its --help lists these settings, and only they are loaded and
+# validated when it runs. The demo and the benchmarks run every part, so they read them all.
+SETTINGS_OF: dict[str, type[CoreSettings]] = {
+    "worker": WorkerSettings,
+    "actions": ActionsSettings,
+    "stack": StackSettings,
+    "db": StackSettings,
+    "replay": ReplaySettings,
+    "generate": ReplaySettings,
+    "dlq": KafkaSettings,
+    "train": TrainerSettings,
+    "model": TrainerSettings,
+    "evaluate": TrainerSettings,
+    "demo": Settings,
+    "bench": Settings,
+}
 
 
-def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+def _stack_up(settings: StackSettings, args: argparse.Namespace) -> int:
     from stream.stack import local
 
     statuses = local.up(settings, timeout_s=args.timeout)
     return _print_statuses(statuses)
 
 
-def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+def _stack_down(settings: StackSettings, args: argparse.Namespace) -> int:
     from stream.stack import local
 
     stopped = local.down(settings)
@@ -27,7 +54,7 @@ def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+def _stack_status(settings: StackSettings, args: argparse.Namespace) -> int:
     from stream.stack import local
 
     return _print_statuses(local.status(settings))
@@ -45,7 +72,7 @@ def _print_statuses(statuses: Sequence[object]) -> int:
     return 0 if healthy else 1
 
 
-def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+def _db_upgrade(settings: StackSettings, args: argparse.Namespace) -> int:
     from stream.db import migrate
 
     migrate.upgrade(settings, args.revision)
@@ -53,7 +80,7 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+def _db_downgrade(settings: StackSettings, args: argparse.Namespace) -> int:
     from stream.db import migrate
 
     migrate.downgrade(settings, args.revision)
@@ -61,18 +88,19 @@ def _db_downgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(settings: Settings, args: argparse.Namespace) -> int:
+def _worker(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from stream.worker.main import run_worker
 
     run_worker(settings)
     return 0
 
 
-def _actions(settings: Settings, args: argparse.Namespace) -> int:
+def _actions(settings: ActionsSettings, args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import signal
 
+    from stream.ops import action_metrics
     from stream.ops.actions import run_actions
 
     async def serve() -> None:
@@ -84,6 +112,7 @@ def _actions(settings: Settings, args: argparse.Namespace) -> int:
         await run_actions(settings, stop=stop)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    action_metrics.serve(settings)
     asyncio.run(serve())
     return 0
 
@@ -143,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_parsers(commands)
     replay.add_parsers(commands)
     trainer_cli.add_parsers(commands)
+    from trainer.customers import cli as customers_cli  # lazy too: scipy/sklearn in handlers
+
+    evaluate = commands.add_parser(
+        "evaluate", help="held-out metrics of the served model against the baselines"
+    )
+    evaluations = evaluate.add_subparsers(dest="evaluation", required=True)
+    customers_cli.add_parsers(evaluations)
     demo = commands.add_parser("demo", help="run the main job on the local stack")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--users", type=int, default=300, help="synthetic users to replay")
@@ -171,12 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-events", type=int, default=50_000, help="of a --dataset, the earliest this many"
     )
     demo.set_defaults(handler=_demo)
+    for name, command in _subcommands(parser):
+        settings_class = SETTINGS_OF.get(name, Settings)
+        command.set_defaults(settings_class=settings_class)
+        for each in (command, *(sub for _, sub in _subcommands(command))):
+            each.epilog = settings_class.environment_help()
+            each.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.load()
+    settings = args.settings_class.load()
     handler: Handler = args.handler
     try:
         return handler(settings, args)

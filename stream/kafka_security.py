@@ -1,4 +1,4 @@
-"""Kafka authentication and TLS from Settings, for Faust (the worker) and plain aiokafka
+"""Kafka authentication and TLS from KafkaSettings, for Faust (the worker) and plain aiokafka
 clients (every other connection the project opens). Secrets leave their SecretStr only here."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from stream.settings import Settings
+from stream.settings import KafkaSettings
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
     """A verifying TLS context for SSL and SASL_SSL; None for plaintext protocols."""
     if not settings.broker_security_protocol.endswith("SSL"):
         return None
@@ -21,14 +21,14 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def aiokafka_options(settings: Settings) -> dict[str, Any]:
+def aiokafka_options(settings: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for AIOKafkaConsumer/Producer/AdminClient."""
     options: dict[str, Any] = {"security_protocol": settings.broker_security_protocol}
     context = ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
     if settings.broker_security_protocol.startswith("SASL"):
-        assert settings.broker_sasl_password is not None  # Settings validates this
+        assert settings.broker_sasl_password is not None  # KafkaSettings validates this
         options |= {
             "sasl_mechanism": settings.broker_sasl_mechanism,
             "sasl_plain_username": settings.broker_sasl_username,
@@ -37,7 +37,7 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def faust_credentials(settings: Settings) -> Any:
+def faust_credentials(settings: KafkaSettings) -> Any:
     """Faust's `broker_credentials`: None, SSLCredentials or SASLCredentials."""
     import faust
 
@@ -47,7 +47,7 @@ def faust_credentials(settings: Settings) -> Any:
     context = ssl_context(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    assert settings.broker_sasl_password is not None  # Settings validates this
+    assert settings.broker_sasl_password is not None  # KafkaSettings validates this
     return faust.SASLCredentials(
         username=settings.broker_sasl_username,
         password=settings.broker_sasl_password.get_secret_value(),

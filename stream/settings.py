@@ -1,16 +1,26 @@
-"""The one configuration object of a clickscore deployable.
+"""The configuration of each clickscore deployable, built once at its entry point.
 
-Built once at the entry point (``stream.cli``) and passed down. No other module reads the
-environment. Every field can be set as ``CLICKSCORE_<FIELD>`` in the environment or in a
-``.env`` file; any of them can also come from a file in the folder named by
-``CLICKSCORE_SECRETS_DIR`` (see ``Settings.load``).
+Built once by `stream.cli` and passed down; no other module reads the environment. Every
+field can be set as ``CLICKSCORE_<FIELD>`` in the environment or in a ``.env`` file; any of
+them can also come from a file in the folder named by ``CLICKSCORE_SECRETS_DIR`` (see
+``CoreSettings.load``).
+
+Settings are grouped by what reads them, and each deployable's class is made of the groups
+it needs, so its `--help` lists, and its validation errors name, only the settings it reads:
+
+    WorkerSettings    `clickscore worker`: Kafka, database, Triton, events, worker
+    ActionsSettings   `clickscore actions`: Kafka, database, actions
+    TrainerSettings   `clickscore train` / `model` / `evaluate`: Kafka, database, Triton,
+                      events, trainer
+    StackSettings     `clickscore stack` / `db`: Kafka, database, Triton
+    Settings          all of them: the demo, the benchmarks and the tests run every part
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -20,7 +30,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Settings(BaseSettings):
+class CoreSettings(BaseSettings):
+    """What every command reads: logging, retries, the local state folder."""
+
     model_config = SettingsConfigDict(
         env_prefix="CLICKSCORE_",
         env_file=".env",
@@ -28,7 +40,58 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    # --- Kafka ---------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Log level of the worker and services.")
+
+    retry_max_backoff_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait between retries of a failed broker, Triton or database call.",
+    )
+    run_dir: Path = Field(
+        PROJECT_ROOT / ".clickscore",
+        description="Local state: the stack's pids and logs, the worker's table files.",
+    )
+
+    @classmethod
+    def load(cls: type[S]) -> S:
+        """The entry points' settings: the environment, `.env`, and secret files.
+
+        Where CLICKSCORE_SECRETS_DIR names a folder, a file in it named like a variable
+        (`CLICKSCORE_BROKER_SASL_PASSWORD`, as Docker and Kubernetes mount secrets) sets that
+        field; the environment wins over a file.
+        """
+        secrets_dir = os.environ.get("CLICKSCORE_SECRETS_DIR")
+        if secrets_dir and not Path(secrets_dir).is_dir():
+            raise ValueError(f"CLICKSCORE_SECRETS_DIR={secrets_dir} is not a folder")
+        return cls(_secrets_dir=secrets_dir or None)  # type: ignore[call-arg]
+
+    @classmethod
+    def environment_help(cls) -> str:
+        """The variables this class reads, for a command's `--help`."""
+        lines = ["settings (environment variables, .env, or files in CLICKSCORE_SECRETS_DIR):"]
+        for name, field in cls.model_fields.items():
+            default = "required" if field.is_required() else f"default {field.default}"
+            lines.append(f"  CLICKSCORE_{name.upper()} ({default})\n      {field.description}")
+        return "\n".join(lines)
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as CLICKSCORE_* variables, to configure a child process."""
+        return {
+            # str() of a SecretStr is its mask: a child process needs the value itself.
+            f"CLICKSCORE_{name.upper()}": (
+                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            )
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+
+S = TypeVar("S", bound=CoreSettings)
+
+
+class KafkaSettings(CoreSettings):
+    """The broker, the topics, and how clients authenticate to it."""
+
     broker_url: str = Field(
         "kafka://127.0.0.1:9092", description="Kafka bootstrap servers, as a Faust broker URL."
     )
@@ -41,7 +104,51 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, description="Partitions for topics we create.")
     consumer_group: str = Field("clickscore-worker", description="Worker consumer group id.")
 
-    # --- Triton --------------------------------------------------------------------------
+    # Secrets are SecretStr: repr, str and logs show "**********"; only the client that
+    # needs one calls get_secret_value(). Set them in the environment or a secrets file.
+    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How Kafka clients connect: TLS (SSL) and/or SASL."
+    )
+    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    broker_sasl_username: str | None = Field(None, description="SASL user name.")
+    broker_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    broker_ssl_cafile: Path | None = Field(
+        None, description="CA bundle that signs the brokers' certificates; None: system CAs."
+    )
+    broker_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    broker_ssl_keyfile: Path | None = Field(None, description="Client certificate's key.")
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> KafkaSettings:
+        if self.broker_security_protocol.startswith("SASL") and not (
+            self.broker_sasl_username and self.broker_sasl_password
+        ):
+            raise ValueError(
+                "broker_security_protocol SASL_* needs broker_sasl_username and "
+                "broker_sasl_password"
+            )
+        return self
+
+    @property
+    def broker_servers(self) -> str:
+        """Bootstrap servers in aiokafka's `host:port[,host:port]` form."""
+        return ",".join(urlsplit(part).netloc or part for part in self.broker_url.split(";"))
+
+
+class DatabaseSettings(CoreSettings):
+    """Where scores, alerts, retention actions and model versions are stored."""
+
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/clickscore",
+        description="SQLAlchemy async URL (postgresql+asyncpg or sqlite+aiosqlite).",
+    )
+
+
+class TritonSettings(CoreSettings):
+    """The Triton server that scores, and the repository it serves."""
+
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint.")
     triton_http_url: str = Field("127.0.0.1:8000", description="Triton HTTP endpoint.")
     triton_metrics_port: int = Field(8002, description="Triton Prometheus metrics port.")
@@ -49,14 +156,39 @@ class Settings(BaseSettings):
     triton_max_concurrency: int = Field(8, ge=1, description="In-flight Triton requests.")
     triton_timeout_s: float = Field(5.0, gt=0, description="Per-request Triton deadline.")
 
-    # --- Database ------------------------------------------------------------------------
-    database_url: str = Field(
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/clickscore",
-        description="SQLAlchemy async URL (postgresql+asyncpg or sqlite+aiosqlite).",
+    model_repo: Path = Field(
+        PROJECT_ROOT / "model_repo", description="Triton model repository served locally."
     )
 
-    # --- Sequences and batching ----------------------------------------------------------
+
+class EventSettings(CoreSettings):
+    """The event contract's limits and the sequence length: the worker and the trainer must
+    agree on them, so both read the same fields."""
+
     sequence_length: int = Field(64, ge=2, description="Events kept per user and sent to Triton.")
+    max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")
+    max_batch_events: int = Field(
+        500, ge=1, description="Most events in one batch message (a JSON array of events)."
+    )
+    max_event_age_s: int = Field(
+        30 * 86_400, ge=1, description="Oldest accepted event timestamp, before now."
+    )
+    max_event_future_s: int = Field(
+        300, ge=0, description="Furthest accepted event timestamp, after now."
+    )
+
+
+class MetricsSettings(CoreSettings):
+    """Where a service's Prometheus endpoint binds (each service has its own port field)."""
+
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoints bind.")
+
+
+class WorkerSettings(
+    KafkaSettings, DatabaseSettings, TritonSettings, EventSettings, MetricsSettings
+):
+    """`clickscore worker`."""
+
     batch_size: int = Field(
         256, ge=1, description="Most sequences in one Triton request (a window may send several)."
     )
@@ -65,7 +197,30 @@ class Settings(BaseSettings):
     )
 
     # --- Alert thresholds ----------------------------------------------------------------
-    churn_alert_threshold: float = Field(0.8, ge=0, le=1, description="Churn risk that alerts.")
+    # The served version's own threshold wins: the trainer picks it on validation data for
+    # TrainerSettings.churn_alert_precision and Triton returns it with every score
+    # (CHURN_THRESHOLD). This one applies only to versions that carry none.
+    churn_alert_threshold: float = Field(
+        0.8, ge=0, le=1, description="Churn risk that alerts when the served version sets none."
+    )
+    churn_min_events: int = Field(
+        3, ge=1, description="Events a user needs before a churn alert is possible."
+    )
+    churn_min_history_s: int = Field(
+        86_400, ge=0, description="History (first to last event) needed for a churn alert."
+    )
+    # --- Silent users (stream/worker/idle.py) ---------------------------------------------
+    silent_rescore_after_s: int = Field(
+        86_400,
+        ge=0,
+        description="Silence after which a user is re-scored (then at 2x, 4x, ...); 0: never.",
+    )
+    silent_rescore_max_s: int = Field(
+        30 * 86_400, ge=0, description="Longest silence a user is still re-scored at."
+    )
+    silent_rescore_max_users: int = Field(
+        1_000, ge=1, description="Most silent users re-scored per partition per window."
+    )
     churn_rearm_threshold: float = Field(
         0.6, ge=0, le=1, description="Churn risk a user must fall below before alerting again."
     )
@@ -80,8 +235,15 @@ class Settings(BaseSettings):
     burst_events_per_s: float = Field(
         20.0, gt=0, description="Sustained events/s from one user that counts as a bot burst."
     )
+    # Calibrated on the synthetic generator (docs/evaluation.md, "Bursts"): people reached at
+    # most 20 of 32 such gaps, bots and scrapers all 32.
+    burst_sustained_events: int = Field(
+        28,
+        ge=0,
+        le=32,
+        description="Of a user's last 32 events, how many under 5 s apart is a burst; 0: off.",
+    )
 
-    # --- Worker ---------------------------------------------------------------------------
     window_max_events: int = Field(
         2048, ge=1, description="Most events read into one scoring window."
     )
@@ -101,36 +263,28 @@ class Settings(BaseSettings):
         4096, ge=1, description="Fetched events waiting for the worker before fetching pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
-    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds.")
     metrics_port: int = Field(9108, ge=0, description="Prometheus /metrics port; 0 disables.")
-    log_level: str = Field("INFO", description="Log level of the worker and services.")
-
-    # --- Event validation ---------------------------------------------------------------
-    max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")
-    max_batch_events: int = Field(
-        500, ge=1, description="Most events in one batch message (a JSON array of events)."
-    )
-    max_event_age_s: int = Field(
-        30 * 86_400, ge=1, description="Oldest accepted event timestamp, before now."
-    )
-    max_event_future_s: int = Field(
-        300, ge=0, description="Furthest accepted event timestamp, after now."
+    pseudonymise_key: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key for user ids in outgoing scores and alerts; None: raw ids.",
     )
 
-    # --- Local stack (development, tests, demo) ------------------------------------------
-    run_dir: Path = Field(
-        PROJECT_ROOT / ".clickscore", description="Where `clickscore stack` keeps pids and logs."
-    )
-    model_repo: Path = Field(
-        PROJECT_ROOT / "model_repo", description="Triton model repository served locally."
-    )
+    @model_validator(mode="after")
+    def _check_worker(self) -> WorkerSettings:
+        if self.churn_rearm_threshold >= self.churn_alert_threshold:
+            raise ValueError("churn_rearm_threshold must be below churn_alert_threshold")
+        if self.pseudonymise_key is not None and not self.pseudonymise_key.get_secret_value():
+            raise ValueError("pseudonymise_key is empty: unset it, or give a real key")
+        return self
 
-    # --- Retries and retention actions (`clickscore actions`) ----------------------------
-    retry_max_backoff_s: float = Field(
-        10.0,
-        gt=0,
-        description="Longest wait between retries of a failed broker, Triton or database call.",
-    )
+    @property
+    def flush_delay_s(self) -> float:
+        return self.flush_delay_ms / 1000.0
+
+
+class ActionsSettings(KafkaSettings, DatabaseSettings, MetricsSettings):
+    """`clickscore actions`, the retention-actions consumer."""
+
     actions_group: str = Field(
         "clickscore-actions", description="Consumer group of the retention-actions service."
     )
@@ -141,8 +295,14 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(
         5, ge=1, description="POSTs per action before it is marked failed."
     )
+    actions_metrics_port: int = Field(
+        9109, ge=0, description="Prometheus /metrics port of `clickscore actions`; 0 disables."
+    )
 
-    # --- Model training and promotion (`clickscore train`, `clickscore model`) -------------
+
+class TrainerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSettings):
+    """`clickscore train`, `clickscore model` and `clickscore evaluate`."""
+
     churn_horizon_s: int = Field(
         3 * 86_400,
         ge=1,
@@ -170,60 +330,24 @@ class Settings(BaseSettings):
     train_history_events: int = Field(
         500_000, ge=1, description="Most recent events `clickscore train` reads from a source."
     )
-
-    # --- Security: Kafka authentication and TLS, pseudonymised outputs ---------------------
-    # Secrets are SecretStr: repr, str and logs show "**********"; only the client that
-    # needs one calls get_secret_value(). Set them in the environment or a secrets file.
-    broker_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="How Kafka clients connect: TLS (SSL) and/or SASL."
-    )
-    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
-    )
-    broker_sasl_username: str | None = Field(None, description="SASL user name.")
-    broker_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
-    broker_ssl_cafile: Path | None = Field(
-        None, description="CA bundle that signs the brokers' certificates; None: system CAs."
-    )
-    broker_ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
-    broker_ssl_keyfile: Path | None = Field(None, description="Client certificate's key.")
-    pseudonymise_key: SecretStr | None = Field(
-        None,
-        description="HMAC-SHA256 key for user ids in outgoing scores and alerts; None: raw ids.",
+    churn_alert_precision: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Precision the trainer picks each version's churn alert threshold for.",
     )
 
-    @model_validator(mode="after")
-    def _check_thresholds(self) -> Settings:
-        if self.churn_rearm_threshold >= self.churn_alert_threshold:
-            raise ValueError("churn_rearm_threshold must be below churn_alert_threshold")
-        if self.broker_security_protocol.startswith("SASL") and not (
-            self.broker_sasl_username and self.broker_sasl_password
-        ):
-            raise ValueError(
-                "broker_security_protocol SASL_* needs broker_sasl_username and "
-                "broker_sasl_password"
-            )
-        if self.pseudonymise_key is not None and not self.pseudonymise_key.get_secret_value():
-            raise ValueError("pseudonymise_key is empty: unset it, or give a real key")
-        return self
 
-    @classmethod
-    def load(cls) -> Settings:
-        """The entry points' settings: the environment, `.env`, and secret files.
+class ReplaySettings(KafkaSettings, EventSettings):
+    """`clickscore replay`, `generate` and `dlq`: send events to the events topic."""
 
-        Where CLICKSCORE_SECRETS_DIR names a folder, a file in it named like a variable
-        (`CLICKSCORE_BROKER_SASL_PASSWORD`, as Docker and Kubernetes mount secrets) sets that
-        field; the environment wins over a file.
-        """
-        secrets_dir = os.environ.get("CLICKSCORE_SECRETS_DIR")
-        if secrets_dir and not Path(secrets_dir).is_dir():
-            raise ValueError(f"CLICKSCORE_SECRETS_DIR={secrets_dir} is not a folder")
-        return cls(_secrets_dir=secrets_dir or None)  # type: ignore[call-arg]
 
-    @property
-    def broker_servers(self) -> str:
-        """Bootstrap servers in aiokafka's `host:port[,host:port]` form."""
-        return ",".join(urlsplit(part).netloc or part for part in self.broker_url.split(";"))
+class StackSettings(KafkaSettings, DatabaseSettings, TritonSettings):
+    """`clickscore stack` and `clickscore db`: the local services and the schema."""
+
+
+class Settings(WorkerSettings, ActionsSettings, TrainerSettings, StackSettings, ReplaySettings):
+    """Every setting: for the demo, the benchmarks and the tests, which run every part."""
 
     def for_run(self, run: str, **changes: object) -> Settings:
         """A copy whose topics and consumer groups are this run's own (demo, bench)."""
@@ -238,21 +362,6 @@ class Settings(BaseSettings):
                 **changes,
             }
         )
-
-    def as_environment(self) -> dict[str, str]:
-        """These settings as CLICKSCORE_* variables, to configure a child process."""
-        return {
-            # str() of a SecretStr is its mask: a child process needs the value itself.
-            f"CLICKSCORE_{name.upper()}": (
-                value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            )
-            for name, value in self.model_dump().items()
-            if value is not None
-        }
-
-    @property
-    def flush_delay_s(self) -> float:
-        return self.flush_delay_ms / 1000.0
 
 
 def host_port(address: str) -> tuple[str, int]:

@@ -1,6 +1,6 @@
 """`clickscore train` and `clickscore model status|rollback`, registered by stream/cli.py.
 
-Handlers take (settings, args) and return an exit code; Settings are built by the caller.
+Handlers take (settings, args) and return an exit code; TrainerSettings are built by the caller.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -54,6 +54,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     actions.add_parser("rollback", help="serve the previous version again").set_defaults(
         handler=run_rollback
     )
+    thresholds = actions.add_parser(
+        "thresholds",
+        help="pick and store a version's churn alert threshold on its validation users",
+    )
+    thresholds.add_argument("--version", type=int, help="default: the served version")
+    thresholds.set_defaults(handler=run_thresholds)
 
 
 def _train_args(args: argparse.Namespace) -> object:
@@ -78,7 +84,7 @@ def _train_args(args: argparse.Namespace) -> object:
     )
 
 
-def run_train(settings: Settings, args: argparse.Namespace) -> int:
+def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from stream.console import StepBars
     from trainer import promote
     from trainer.refresh import TrainArgs, train_candidate
@@ -99,7 +105,7 @@ def run_train(settings: Settings, args: argparse.Namespace) -> int:
         time.sleep(max(0.0, args.every - (time.monotonic() - started)))
 
 
-def run_status(settings: Settings, args: argparse.Namespace) -> int:
+def run_status(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer import promote
     from trainer.export import versions
 
@@ -119,7 +125,7 @@ def run_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_rollback(settings: Settings, args: argparse.Namespace) -> int:
+def run_rollback(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer import promote
 
     try:
@@ -131,13 +137,35 @@ def run_rollback(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from trainer import promote
+    from trainer.refresh import store_thresholds
+
+    version = args.version or promote.serving_version(settings)
+    if version is None:
+        print("no served version")
+        return 1
+    folder = promote.served_dir(settings) / str(version)
+    picked = store_thresholds(settings, folder)["churn"]
+    if picked.get("threshold") is None:
+        print(f"v{version}: no churn threshold reaches precision {picked['target_precision']}")
+    else:
+        print(
+            f"v{version}: churn alerts at {picked['threshold']:.3f} for precision "
+            f"{picked['target_precision']} (validation: precision "
+            f"{picked['validation_precision']:.2f}, recall {picked['validation_recall']:.2f}, "
+            f"base rate {picked['validation_base_rate']:.2f}); reload the model to serve it"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry (`python -m trainer.cli ...`) until stream/cli.py registers these."""
     parser = argparse.ArgumentParser(prog="clickscore")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.load()
+    settings = TrainerSettings.load()
     return int(args.handler(settings, args))
 
 

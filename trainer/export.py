@@ -3,7 +3,8 @@
 <model_dir>/<version>/model.py           trainer/triton_model.py (the thin Triton entry)
                       network.py         trainer/model.py (the network's code)
                       weights.pt         the state dict (anomaly quantiles included)
-                      model_config.json  model config, vocabulary, quantiles, metrics, data
+                      model_config.json  model config, vocabulary, quantiles, metrics, data,
+                                         alert thresholds (trainer/thresholds.py)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def export(
     *,
     metrics: dict[str, Any],
     training_data: dict[str, Any],
+    alert_thresholds: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write the version folder (folder must not exist yet); returns it."""
     if tuple(model.config.field_sizes) != vocab.field_sizes:
@@ -61,6 +63,8 @@ def export(
         "anomaly_quantiles": [float(q) for q in model.anomaly_quantiles],
         "metrics": metrics,
         "training_data": training_data,
+        # Read by triton_model.churn_threshold and returned with every score.
+        "alert_thresholds": alert_thresholds or {},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))

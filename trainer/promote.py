@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stream.db.models import ModelVersion
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 from trainer.data import Examples
 from trainer.evaluate import classification_metrics
 from trainer.export import load, read_meta, versions
@@ -45,15 +45,15 @@ class GateResult:
     reason: str
 
 
-def served_dir(settings: Settings) -> Path:
+def served_dir(settings: TrainerSettings) -> Path:
     return settings.model_repo / settings.triton_model
 
 
-def store_dir(settings: Settings) -> Path:
+def store_dir(settings: TrainerSettings) -> Path:
     return settings.model_store / settings.triton_model
 
 
-def serving_version(settings: Settings) -> int | None:
+def serving_version(settings: TrainerSettings) -> int | None:
     """The latest version folder in the repository: what Triton's `latest` policy serves."""
     found = versions(served_dir(settings))
     return found[-1] if found else None
@@ -75,7 +75,7 @@ def heldout_metrics(folder: Path, heldout: Examples) -> dict[str, float]:
 
 
 def gate(
-    settings: Settings, candidate: Path, heldout: Examples
+    settings: TrainerSettings, candidate: Path, heldout: Examples
 ) -> tuple[GateResult, dict[str, float]]:
     metric = settings.promotion_metric
     cand = heldout_metrics(candidate, heldout)
@@ -94,7 +94,7 @@ def gate(
     return GateResult(ok, metric, cand[metric], serving, reason), cand
 
 
-def load_in_triton(settings: Settings, timeout_s: float = 120.0) -> None:
+def load_in_triton(settings: TrainerSettings, timeout_s: float = 120.0) -> None:
     """POST the repository API's load; returns once the (new) latest version is ready."""
     url = f"http://{settings.triton_http_url}/v2/repository/models/{settings.triton_model}/load"
     request = urllib.request.Request(url, data=b"{}", method="POST")
@@ -114,7 +114,11 @@ def load_in_triton(settings: Settings, timeout_s: float = 120.0) -> None:
 
 
 async def record(
-    settings: Settings, version: int, status: str, metrics: dict[str, Any], vocab_version: str
+    settings: TrainerSettings,
+    version: int,
+    status: str,
+    metrics: dict[str, Any],
+    vocab_version: str,
 ) -> None:
     engine = create_async_engine(settings.database_url)
     try:
@@ -136,7 +140,7 @@ async def record(
         await engine.dispose()
 
 
-async def set_status(settings: Settings, version: int, status: str) -> None:
+async def set_status(settings: TrainerSettings, version: int, status: str) -> None:
     folder = _find(settings, version)
     trained = folder is not None and (folder / "model_config.json").is_file()
     meta = (
@@ -145,14 +149,14 @@ async def set_status(settings: Settings, version: int, status: str) -> None:
     await record(settings, version, status, meta["metrics"], meta["vocabulary"]["version"])
 
 
-def _find(settings: Settings, version: int) -> Path | None:
+def _find(settings: TrainerSettings, version: int) -> Path | None:
     for base in (served_dir(settings), store_dir(settings)):
         if (base / str(version)).is_dir():
             return base / str(version)
     return None
 
 
-async def table(settings: Settings) -> list[ModelVersion]:
+async def table(settings: TrainerSettings) -> list[ModelVersion]:
     engine = create_async_engine(settings.database_url)
     try:
         from sqlalchemy.ext.asyncio import AsyncSession
@@ -169,7 +173,7 @@ async def table(settings: Settings) -> list[ModelVersion]:
 
 
 async def promote(
-    settings: Settings, candidate: Path, heldout: Examples, *, reload: bool = True
+    settings: TrainerSettings, candidate: Path, heldout: Examples, *, reload: bool = True
 ) -> GateResult:
     """Gate the candidate (a folder under the store); promote, load and record it, or not."""
     result, metrics = gate(settings, candidate, heldout)
@@ -191,7 +195,7 @@ async def promote(
     return result
 
 
-async def rollback(settings: Settings) -> tuple[int, int]:
+async def rollback(settings: TrainerSettings) -> tuple[int, int]:
     """Move the serving version out of the repository; the previous one serves again."""
     found = versions(served_dir(settings))
     if len(found) < 2:

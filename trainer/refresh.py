@@ -1,11 +1,13 @@
 """One training run end to end: events -> examples -> fit -> candidate folder -> gate -> serve.
 
 Users are split three ways by a stable hash: test (held out: every reported metric and the
-promotion gate), validation (normal users only: the anomaly calibration) and train.
+promotion gate), validation (the churn alert threshold for CLICKSCORE_CHURN_ALERT_PRECISION;
+its normal users: the anomaly calibration) and train.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -18,10 +20,11 @@ import numpy.typing as npt
 from stream.contract.events import Event, ValidationLimits, parse_event
 from stream.contract.tokenizer import Vocabulary
 from stream.kafka_security import aiokafka_options
-from stream.settings import Settings
+from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
-from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
+from trainer.thresholds import threshold_for_precision
+from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
 
 log = logging.getLogger(__name__)
 TEST_FRACTION = 0.2
@@ -45,12 +48,13 @@ class TrainArgs:
 class Split:
     train: data.Examples
     test: data.Examples
+    validation: data.Examples
     validation_tokens: npt.NDArray[Any]
     pretrain: npt.NDArray[Any]
     anomalous: set[str]
 
 
-def read_topic(settings: Settings, limit: int) -> list[Event]:
+def read_topic(settings: TrainerSettings, limit: int) -> list[Event]:
     """The newest `limit` valid events of the events topic (read to its current end)."""
     import asyncio
 
@@ -82,7 +86,7 @@ def read_topic(settings: Settings, limit: int) -> list[Event]:
 
 
 def load_events(
-    settings: Settings, args: TrainArgs
+    settings: TrainerSettings, args: TrainArgs
 ) -> tuple[list[Event], dict[str, tuple[str, int] | None], dict[str, Any]]:
     """Events (time-sorted), known anomalies per user, and a description for the export."""
     if args.data == "synthetic":
@@ -110,7 +114,7 @@ def load_events(
     return events, {}, {**desc, "events": len(events)}
 
 
-def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
+def spec_of(settings: TrainerSettings, seed: int) -> data.ExampleSpec:
     return data.ExampleSpec(
         churn_horizon_ms=settings.churn_horizon_s * 1000,
         purchase_horizon_ms=settings.purchase_horizon_s * 1000,
@@ -120,7 +124,7 @@ def spec_of(settings: Settings, seed: int) -> data.ExampleSpec:
 
 
 def split(
-    settings: Settings,
+    settings: TrainerSettings,
     events: list[Event],
     anomalies: dict[str, tuple[str, int] | None],
     seed: int,
@@ -142,13 +146,14 @@ def split(
     return Split(
         train=examples.subset(~in_test & ~in_val),
         test=examples.subset(in_test),
+        validation=examples.subset(in_val),
         validation_tokens=examples.tokens[normal_val if normal_val.any() else ~in_test],
         pretrain=data.unlabelled_sequences(train_users, vocab, settings.sequence_length, seed=seed),
         anomalous=anomalous,
     )
 
 
-def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
+def configs(settings: TrainerSettings, args: TrainArgs) -> tuple[ModelConfig, TrainConfig]:
     extra: dict[str, Any] = dict(TINY_MODEL) if args.tiny else {}
     model_config = ModelConfig(
         field_sizes=Vocabulary().field_sizes, sequence_length=settings.sequence_length, **extra
@@ -159,7 +164,7 @@ def configs(settings: Settings, args: TrainArgs) -> tuple[ModelConfig, TrainConf
 
 
 def train_candidate(
-    settings: Settings, args: TrainArgs, on_step: StepCallback | None = None
+    settings: TrainerSettings, args: TrainArgs, on_step: StepCallback | None = None
 ) -> tuple[Path, data.Examples]:
     events, anomalies, description = load_events(settings, args)
     parts = split(settings, events, anomalies, args.seed)
@@ -180,5 +185,56 @@ def train_candidate(
         "churn_horizon_s": settings.churn_horizon_s,
         "purchase_horizon_s": settings.purchase_horizon_s,
     }
-    export.export(model, Vocabulary(), folder, metrics=metrics, training_data=description)
+    thresholds = alert_thresholds(settings, model, parts.validation)
+    export.export(
+        model,
+        Vocabulary(),
+        folder,
+        metrics=metrics,
+        training_data=description,
+        alert_thresholds=thresholds,
+    )
     return folder, parts.test
+
+
+def alert_thresholds(
+    settings: TrainerSettings, model: Any, validation: data.Examples
+) -> dict[str, dict[str, Any]]:
+    """The churn alert threshold for the target precision, on the validation users."""
+    target = settings.churn_alert_precision
+    if not len(validation):
+        return {"churn": {"threshold": None, "target_precision": target}}
+    scores = predict(model, validation.tokens, top_items=False)["churn"]
+    picked = threshold_for_precision(validation.churn, scores, target)
+    if picked is None:
+        log.warning("no churn threshold reaches precision %.2f on validation users", target)
+        return {"churn": {"threshold": None, "target_precision": target}}
+    log.info(
+        "churn alerts at %.3f: precision %.2f, recall %.2f on validation (base rate %.2f)",
+        picked.threshold,
+        picked.precision,
+        picked.recall,
+        picked.base_rate,
+    )
+    return {"churn": picked.to_dict()}
+
+
+def store_thresholds(settings: TrainerSettings, folder: Path) -> dict[str, dict[str, Any]]:
+    """Pick the churn alert threshold of an already exported version on its own validation
+    users and write it into its model_config.json (for versions exported before thresholds
+    were). Synthetic training data only: it is regenerated from the recorded config."""
+    meta = export.read_meta(folder)
+    recorded = meta.get("training_data", {})
+    if recorded.get("source") != "synthetic":
+        raise ValueError(
+            f"v{folder.name} was trained on {recorded.get('source')!r}: retrain it instead"
+        )
+    args = TrainArgs(users=recorded["users"], days=recorded["days"], seed=recorded["seed"])
+    events, anomalies, _ = load_events(settings, args)
+    parts = split(settings, events, anomalies, args.seed)
+    thresholds = alert_thresholds(settings, export.load(folder), parts.validation)
+    meta["alert_thresholds"] = thresholds
+    staging = folder / f".{export.META}.tmp"
+    staging.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    staging.replace(folder / export.META)
+    return thresholds

@@ -24,7 +24,21 @@ except ImportError:  # outside Triton: trainer.export imports load_network from 
     pb_utils = None
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
+OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD")
+
+
+def churn_threshold(meta: dict[str, Any]) -> float:
+    """The version's churn alert threshold (model_config.json alert_thresholds.churn).
+
+    NaN when the version carries none (the worker then uses its configured threshold);
+    infinity when the trainer found no threshold reaching the target precision, so that
+    version raises no churn alert at all.
+    """
+    picked = meta.get("alert_thresholds", {}).get("churn")
+    if picked is None:
+        return float("nan")
+    value = picked.get("threshold")
+    return float("inf") if value is None else float(value)
 
 
 def load_network(folder: Path) -> Any:
@@ -45,6 +59,7 @@ def load_network(folder: Path) -> Any:
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         meta = json.loads((HERE / "model_config.json").read_text())
+        self.churn_threshold = churn_threshold(meta)
         network = load_network(HERE)
         self.config = network.ModelConfig.from_dict(meta["model"])
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
@@ -89,6 +104,7 @@ class TritonPythonModel:
                     s.float().cpu().numpy().reshape(-1, 1)
                     for s in (scores.churn, scores.purchase, scores.anomaly)
                 ]
+                columns.append(np.full_like(columns[0], self.churn_threshold))
                 start = 0
                 for i, tokens in good:
                     end = start + tokens.shape[0]

@@ -2,9 +2,10 @@
 
 `bench worker` measures one worker process end to end (stream/bench/worker.py); `bench
 latency` its latency at offered rates (stream/bench/latency.py); `bench table` the user
-table at 10k-1M users (stream/bench/scaling.py); `bench broker`, `bench faust` and `bench
-triton` measure the ceilings under it (stream/bench/ceilings.py); `bench gpu` the served model
-through Triton against its in-process ceiling (stream/bench/gpu.py).
+table at 10k-1M users (stream/bench/scaling.py); `bench silent` the silent-user index at
+10k-1M users (stream/bench/silent.py); `bench broker`, `bench faust` and `bench
+triton` measure the ceilings under it (stream/bench/ceilings.py); `bench gpu` the served
+model through Triton against its in-process ceiling (stream/bench/gpu.py).
 """
 
 from __future__ import annotations
@@ -190,6 +191,32 @@ def _float_list(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part]
 
 
+def _silent_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.silent import bench_silent
+    from stream.worker.idle import IdlePolicy
+
+    policy = IdlePolicy(
+        settings.silent_rescore_after_s,
+        settings.silent_rescore_max_s,
+        settings.silent_rescore_max_users,
+    )
+    print(f"machine:  {describe_machine()}")
+    print(
+        f"policy:   re-score after {policy.idle_s} s, doubling to {policy.max_idle_s} s, "
+        f"at most {policy.max_users_per_pass} users per pass"
+    )
+    for users in args.users:
+        r = bench_silent(users, policy)
+        print(
+            f"{r.users:>9,} users: index {r.index_bytes / 2**20:,.0f} MiB "
+            f"({r.index_bytes / r.users:,.0f} B/user), touch {r.touch_us:.2f} us CPU/user, "
+            f"pass {r.pass_ms:.1f} ms CPU (slowest {r.slowest_pass_ms:.1f}) per "
+            f"{policy.max_users_per_pass} users, "
+            f"{r.passes:,} passes to re-score {r.rescored:,}"
+        )
+    return 0
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = commands.add_parser("bench", help="measure the worker on the local stack")
     targets = bench.add_subparsers(dest="target", required=True)
@@ -258,6 +285,11 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     table.add_argument("--stores", type=lambda t: t.split(","), default=["memory", "rocksdb"])
     table.add_argument("--updates", type=int, default=100_000)
     table.set_defaults(handler=_table_command)
+    silent = targets.add_parser(
+        "silent", help="memory and cost of the silent-user index at 10k to 1M users"
+    )
+    silent.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000])
+    silent.set_defaults(handler=_silent_command)
     latency = targets.add_parser(
         "latency", help="event-to-score and event-to-alert latency at offered rates"
     )

@@ -1,28 +1,28 @@
-"""Run Alembic migrations with the URL from Settings."""
+"""Run Alembic migrations with the URL from DatabaseSettings."""
 
 from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
 
-from stream.settings import PROJECT_ROOT, Settings
+from stream.settings import PROJECT_ROOT, DatabaseSettings
 
 
-def alembic_config(settings: Settings) -> Config:
+def alembic_config(settings: DatabaseSettings) -> Config:
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.attributes["settings"] = settings
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
+def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
     command.upgrade(alembic_config(settings), revision)
 
 
-def downgrade(settings: Settings, revision: str) -> None:
+def downgrade(settings: DatabaseSettings, revision: str) -> None:
     command.downgrade(alembic_config(settings), revision)
 
 
-def current(settings: Settings) -> str | None:
+def current(settings: DatabaseSettings) -> str | None:
     """The revision the database is at, or None before the first migration."""
     import asyncio
 

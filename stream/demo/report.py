@@ -34,6 +34,7 @@ class PrecisionRecall:
     flagged: int
     actual: int
     hits: int
+    population: int = 0  # every user the truth covers; 0: unknown
 
     @property
     def precision(self) -> float | None:
@@ -43,9 +44,35 @@ class PrecisionRecall:
     def recall(self) -> float | None:
         return self.hits / self.actual if self.actual else None
 
+    @property
+    def base_rate(self) -> float | None:
+        """The precision of flagging users at random: what an alert has to beat."""
+        return self.actual / self.population if self.population else None
 
-def precision_recall(label: str, flagged: set[str], actual: set[str]) -> PrecisionRecall:
-    return PrecisionRecall(label, len(flagged), len(actual), len(flagged & actual))
+
+def precision_recall(
+    label: str, flagged: set[str], actual: set[str], population: int = 0
+) -> PrecisionRecall:
+    return PrecisionRecall(label, len(flagged), len(actual), len(flagged & actual), population)
+
+
+# Plain-language names of the accuracy columns, for the terminal and the report.
+PRECISION_TEXT = "precision (of the flagged users, the share that really were)"
+RECALL_TEXT = "recall (of the users that really were, the share flagged)"
+BASE_RATE_TEXT = "base rate (the share of all users that were: random flagging's precision)"
+
+
+@dataclass(frozen=True)
+class FlaggedUser:
+    """One alert, with why: the score, the threshold it crossed and the user's last events."""
+
+    user_id: str
+    kind: str
+    score: float
+    threshold: float
+    reason: str
+    last_events: Sequence[str]
+    truth: str = ""  # what the user really was, where the ground truth is known
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ class ReportData:
     accuracy: Sequence[PrecisionRecall]
     model: ModelEvaluation
     notes: Sequence[str] = field(default_factory=tuple)
+    flagged: Sequence[FlaggedUser] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -265,11 +293,48 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: i
 
 def _accuracy_section(accuracy: Sequence[PrecisionRecall]) -> str:
     rows = [
-        [_e(a.label), _ratio(a.precision), _ratio(a.recall), str(a.flagged), str(a.actual)]
+        [
+            _e(a.label),
+            _ratio(a.precision),
+            _ratio(a.recall),
+            _ratio(a.base_rate),
+            str(a.flagged),
+            str(a.actual),
+        ]
         for a in accuracy
     ]
-    header = ["alerts vs ground truth", "precision", "recall", "flagged users", "true users"]
+    header = [
+        "alerts vs ground truth",
+        PRECISION_TEXT,
+        RECALL_TEXT,
+        BASE_RATE_TEXT,
+        "flagged users",
+        "true users",
+    ]
     return "<h2>Alerts against the injected ground truth</h2>" + _table(header, rows, 1)
+
+
+def _flagged_section(flagged: Sequence[FlaggedUser]) -> str:
+    if not flagged:
+        return '<h2>Flagged users</h2><p class="note">No user was flagged.</p>'
+    rows = [
+        [
+            _e(f.user_id),
+            _e(f.kind),
+            f"{f.score:.2f}",
+            f"{f.threshold:.2f}",
+            _e(f.reason),
+            _e(", ".join(f.last_events)),
+            _e(f.truth),
+        ]
+        for f in flagged
+    ]
+    header = ["user", "alert", "score", "threshold", "why", "last events", "really"]
+    return (
+        '<h2 id="flagged-users">Flagged users</h2>'
+        "<p>Every alert of this run, with the score, the threshold it crossed and the "
+        "user's last events (the last one triggered it).</p>" + _table(header, rows, 2)
+    )
 
 
 def _model_section(model: ModelEvaluation) -> str:
@@ -310,6 +375,7 @@ def build_html(data: ReportData, drawn: Sequence[Figure]) -> str:
         f"<h2>Summary</h2>{facts}"
         + "".join(_figure(f) for f in drawn)
         + _accuracy_section(data.accuracy)
+        + _flagged_section(data.flagged)
         + _model_section(data.model)
         + "</body></html>\n"
     )

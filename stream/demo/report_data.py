@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from stream.db.models import Alert, RetentionAction, UserScore
-from stream.demo.report import ModelEvaluation
+from stream.demo.report import FlaggedUser, ModelEvaluation
 from stream.settings import Settings
 from stream.sinks.postgres import create_engine
 
@@ -20,6 +20,7 @@ class RunResults:
     scores: dict[str, list[float]]  # churn_risk / purchase_intent / anomaly, one per user
     alerts: list[tuple[str, str, datetime]]  # (user, kind, event time)
     retention_actions: int
+    flagged: list[FlaggedUser]  # every alert with why, in event time order
 
 
 async def read_results(settings: Settings) -> RunResults:
@@ -32,7 +33,17 @@ async def read_results(settings: Settings) -> RunResults:
                 )
             ).all()
             alert_rows = (
-                await conn.execute(select(Alert.user_id, Alert.kind, Alert.event_at))
+                await conn.execute(
+                    select(
+                        Alert.user_id,
+                        Alert.kind,
+                        Alert.event_at,
+                        Alert.score,
+                        Alert.threshold,
+                        Alert.reason,
+                        Alert.event_ids,
+                    ).order_by(Alert.event_at, Alert.user_id)
+                )
             ).all()
             actions = len((await conn.execute(select(RetentionAction.alert_id))).all())
     finally:
@@ -42,7 +53,11 @@ async def read_results(settings: Settings) -> RunResults:
         "purchase_intent": [r[1] for r in score_rows],
         "anomaly": [r[2] for r in score_rows],
     }
-    return RunResults(scores, [(u, k, at) for u, k, at in alert_rows], actions)
+    flagged = [
+        FlaggedUser(r[0], r[1], float(r[3]), float(r[4]), r[5], list(r[6] or ()))
+        for r in alert_rows
+    ]
+    return RunResults(scores, [(r[0], r[1], r[2]) for r in alert_rows], actions, flagged)
 
 
 def served_model_evaluation(model_repo: Path, model: str) -> ModelEvaluation:

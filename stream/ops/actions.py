@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stream.db.models import RetentionAction
 from stream.kafka_security import aiokafka_options
+from stream.ops import action_metrics
 from stream.retry import backoff_delays, retry_forever, summary
-from stream.settings import Settings
+from stream.settings import ActionsSettings
 from stream.sinks.postgres import create_engine, insert_for, is_retriable_db_error
 from stream.worker.alerts import CHURN
 
@@ -124,7 +125,7 @@ class Outcome:
 class ActionStore:
     """The retention_actions table."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, settings: ActionsSettings) -> None:
         self._engine = engine
         self._settings = settings
         self._insert = insert_for(engine)(TABLE).on_conflict_do_nothing(
@@ -195,7 +196,7 @@ def _retriable_status(status: int) -> bool:
 
 
 async def post_action(
-    session: aiohttp.ClientSession, settings: Settings, alert: ChurnAlert
+    session: aiohttp.ClientSession, settings: ActionsSettings, alert: ChurnAlert
 ) -> Outcome:
     """POST one alert, retrying with backoff up to webhook_max_attempts times."""
     assert settings.webhook_url is not None
@@ -213,6 +214,7 @@ async def post_action(
                 error, retriable = f"HTTP {r.status}", _retriable_status(r.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = summary(exc)
+        action_metrics.WEBHOOK_FAILURES.inc()
         log.warning(
             "webhook POST of action %s failed (attempt %d of %d): %s",
             alert.alert_id,
@@ -228,7 +230,7 @@ async def post_action(
 
 
 async def _deliver(
-    session: aiohttp.ClientSession, settings: Settings, alerts: Sequence[ChurnAlert]
+    session: aiohttp.ClientSession, settings: ActionsSettings, alerts: Sequence[ChurnAlert]
 ) -> list[Outcome]:
     gate = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
 
@@ -240,7 +242,7 @@ async def _deliver(
 
 
 async def _commit(
-    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], settings: Settings
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], settings: ActionsSettings
 ) -> None:
     try:
         await retry_forever(
@@ -260,7 +262,7 @@ async def _consume(
     consumer: AIOKafkaConsumer,
     store: ActionStore,
     session: aiohttp.ClientSession | None,
-    settings: Settings,
+    settings: ActionsSettings,
     stats: ActionStats,
     stop: asyncio.Event,
 ) -> None:
@@ -272,18 +274,24 @@ async def _consume(
         alerts = churn_alerts(records, stats)
         if alerts:
             pending = await store.record(alerts)
+            action_metrics.ACTIONS_RECORDED.inc(len(alerts))
             if session is not None and pending:
                 outcomes = await _deliver(
                     session, settings, [a for a in alerts if a.alert_id in pending]
                 )
                 await store.finish(outcomes)
-                stats.delivered += sum(o.delivered for o in outcomes)
-                stats.failed += sum(not o.delivered for o in outcomes)
+                delivered = sum(o.delivered for o in outcomes)
+                stats.delivered += delivered
+                stats.failed += len(outcomes) - delivered
+                action_metrics.ACTIONS_DELIVERED.inc(delivered)
+                action_metrics.ACTIONS_FAILED.inc(len(outcomes) - delivered)
         offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
         await _commit(consumer, offsets, settings)
 
 
-async def run_actions(settings: Settings, *, stop: asyncio.Event | None = None) -> ActionStats:
+async def run_actions(
+    settings: ActionsSettings, *, stop: asyncio.Event | None = None
+) -> ActionStats:
     """Consume alerts into retention actions until `stop` is set; return what was done."""
     stop = stop or asyncio.Event()
     stats = ActionStats()

@@ -31,7 +31,7 @@ from typing import Any
 
 from stream.kafka_security import aiokafka_options
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class DlqReplayStats:
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
-def replay_group(settings: Settings, reason: str | None) -> str:
+def replay_group(settings: KafkaSettings, reason: str | None) -> str:
     return f"{settings.consumer_group}.dlq-replay" + (f".{reason}" if reason else "")
 
 
@@ -70,7 +70,7 @@ async def _send_all(
 
 
 async def replay_dead_letters(
-    settings: Settings,
+    settings: KafkaSettings,
     *,
     reason: str | None = None,
     limit: int | None = None,
@@ -145,7 +145,7 @@ async def replay_dead_letters(
     return stats
 
 
-def _replay_command(settings: Settings, args: argparse.Namespace) -> int:
+def _replay_command(settings: KafkaSettings, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stats = asyncio.run(
         replay_dead_letters(settings, reason=args.reason, limit=args.limit, idle_s=args.idle)

@@ -12,11 +12,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream.kafka_security import aiokafka_options
-from stream.settings import Settings
+from stream.settings import KafkaSettings
 
 
 async def wait_for_scores(
-    settings: Settings,
+    settings: KafkaSettings,
     expected: Mapping[str, int],
     *,
     alive: Callable[[], bool],

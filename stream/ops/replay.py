@@ -31,7 +31,7 @@ from stream.datasets.loaders import FORMATS, LoadStats, load
 from stream.datasets.synthetic import SyntheticConfig, generate, write_jsonl, write_truth
 from stream.kafka_security import aiokafka_options
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import ReplaySettings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaTimeoutError) or bool(getattr(exc, "retriable", False))
 
 
-async def ensure_topic(settings: Settings, topic: str) -> None:
+async def ensure_topic(settings: ReplaySettings, topic: str) -> None:
     """Create the topic with the worker's partition count, so the worker need not run first."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -113,7 +113,7 @@ async def ensure_topic(settings: Settings, topic: str) -> None:
 
 
 async def replay(
-    settings: Settings,
+    settings: ReplaySettings,
     events: Iterable[Event],
     *,
     rate: float,
@@ -204,7 +204,7 @@ def _synthetic_config(args: argparse.Namespace) -> SyntheticConfig:
     return SyntheticConfig(users=args.users, days=args.days, seed=args.seed)
 
 
-def _replay_command(settings: Settings, args: argparse.Namespace) -> int:
+def _replay_command(settings: ReplaySettings, args: argparse.Namespace) -> int:
     stats = LoadStats()
     try:
         if args.format == "synthetic":
@@ -244,7 +244,7 @@ def _replay_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_command(settings: Settings, args: argparse.Namespace) -> int:
+def _generate_command(settings: ReplaySettings, args: argparse.Namespace) -> int:
     started = time.monotonic()
     events, truth = generate(_synthetic_config(args))
     written = write_jsonl(events, args.out)

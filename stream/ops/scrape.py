@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import urllib.request
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 
-def metrics_url(settings: Settings) -> str:
+def metrics_url(settings: WorkerSettings) -> str:
     return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Sequence
 
 from stream.contract.events import Rejection
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.alerts import Alert, alert_to_json
 from stream.worker.scores import Score, score_to_json
 from stream.worker.window import Message
@@ -36,7 +36,7 @@ def dead_letter_record(topic: str, message: Message, rejection: Rejection) -> Re
 
 
 class KafkaPublisher:
-    def __init__(self, producer: object, settings: Settings) -> None:
+    def __init__(self, producer: object, settings: WorkerSettings) -> None:
         # `producer` is the Faust app's producer (faust.types.ProducerT).
         self._producer = producer
         self._settings = settings

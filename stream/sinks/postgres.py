@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from stream.db.models import Alert as AlertRow
 from stream.db.models import UserScore
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import DatabaseSettings
 from stream.worker.alerts import Alert
 from stream.worker.scores import Score
 
@@ -38,7 +38,7 @@ SCORE_TABLE: Table = UserScore.__table__  # type: ignore[assignment]
 ALERT_TABLE: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     # pre_ping replaces pooled connections a restarted server has dropped; hide_parameters
     # keeps row values out of error messages, which are logged.
     return create_async_engine(settings.database_url, pool_pre_ping=True, hide_parameters=True)
@@ -140,7 +140,7 @@ def alert_rows(alerts: Sequence[Alert]) -> list[dict[str, Any]]:
 class ResultStore:
     """Writes scores and alerts to the database; retries while the database is unreachable."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DatabaseSettings) -> None:
         self._settings = settings
         self._engine: AsyncEngine | None = None
         self._upsert_scores: Insert | None = None

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from stream.settings import Settings, host_port
+from stream.settings import StackSettings, host_port
 from stream.stack.process import StackError
 
 NAME = "broker"
@@ -24,11 +24,11 @@ def tansu_binary() -> Path:
     return binary
 
 
-def address(settings: Settings) -> tuple[str, int]:
+def address(settings: StackSettings) -> tuple[str, int]:
     return host_port(settings.broker_servers.split(",")[0])
 
 
-def argv(settings: Settings) -> list[str]:
+def argv(settings: StackSettings) -> list[str]:
     host, port = address(settings)
     url = f"tcp://{host}:{port}"
     return [
@@ -44,7 +44,7 @@ def argv(settings: Settings) -> list[str]:
     ]
 
 
-def is_ready(settings: Settings) -> bool:
+def is_ready(settings: StackSettings) -> bool:
     """A real Kafka round trip (metadata request), not just an open port."""
     from aiokafka.admin import AIOKafkaAdminClient
 

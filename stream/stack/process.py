@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.settings import CoreSettings
 
 
 class StackError(RuntimeError):
@@ -80,7 +80,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn_command(settings: Settings, command: str, *, name: str) -> ProcessRecord:
+def spawn_command(settings: CoreSettings, command: str, *, name: str) -> ProcessRecord:
     """Run `clickscore COMMAND` in a child process configured with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
     argv = [sys.executable, "-m", "stream.cli", command]

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.settings import Settings, host_port
+from stream.settings import StackSettings, host_port
 from stream.stack.process import StackError
 
 NAME = "triton"
@@ -76,7 +76,7 @@ def environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
-def argv(settings: Settings, install: TritonInstall, backend_dir: Path) -> list[str]:
+def argv(settings: StackSettings, install: TritonInstall, backend_dir: Path) -> list[str]:
     http_host, http_port = host_port(settings.triton_http_url)
     grpc_host, grpc_port = host_port(settings.triton_grpc_url)
     model_repo = settings.model_repo.resolve()
@@ -113,7 +113,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def is_ready(settings: Settings) -> bool:
+def is_ready(settings: StackSettings) -> bool:
     base = f"http://{settings.triton_http_url}"
     return _http_ok(f"{base}/v2/health/ready") and _http_ok(
         f"{base}/v2/models/{settings.triton_model}/ready"

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from stream.faust_ext import BatchDelivery
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.tables import UserStateTable
 from stream.worker.topics import Topics
@@ -34,7 +34,7 @@ def register_agents(
     topics: Topics,
     table: UserStateTable,
     pipeline: ScoringPipeline,
-    settings: Settings,
+    settings: WorkerSettings,
     on_start: Callable[[], Awaitable[None]],
 ) -> None:
     delivery = BatchDelivery(app, [settings.topic_events], settings.stream_buffer_maxsize)

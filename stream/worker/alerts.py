@@ -34,11 +34,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from stream.contract.state import UserState
+from stream.contract.tokenizer import FIELDS, GAP_EDGES_S, OUT_OF_ORDER
 
 if TYPE_CHECKING:
-    from stream.settings import Settings
+    from stream.settings import WorkerSettings
 
 ALERT_SCHEMA_VERSION = 1
+# The sustained-burst rule: gap tokens of the last SUSTAINED_WINDOW events under FAST_GAP_S
+# (stream/contract/tokenizer.py: OUT_OF_ORDER + 1 + the gap's bucket index; 5 s is an edge).
+SUSTAINED_WINDOW = 32
+FAST_GAP_S = 5
+GAP_FIELD = FIELDS.index("gap_bucket")
+_FAST_GAP_TOKENS = range(OUT_OF_ORDER + 1, OUT_OF_ORDER + 2 + GAP_EDGES_S.index(FAST_GAP_S))
 CHURN = "churn"
 ANOMALY = "anomaly"
 BURST = "burst"
@@ -52,6 +59,10 @@ class AlertRules:
     anomaly_threshold: float = 0.95
     anomaly_cooldown_s: int = 3_600
     burst_events_per_s: float = 20.0
+    burst_sustained_events: int = 28  # of the last SUSTAINED_WINDOW; 0 turns the rule off
+    # Too little history to judge: the model's churn examples start after a day of history.
+    churn_min_events: int = 3
+    churn_min_history_s: int = 86_400
 
     def __post_init__(self) -> None:
         # Without the gap a score hovering at the threshold would alert on every cooldown.
@@ -59,7 +70,7 @@ class AlertRules:
             raise ValueError("churn_rearm must be below churn_threshold")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AlertRules:
+    def from_settings(cls, settings: WorkerSettings) -> AlertRules:
         return cls(
             churn_threshold=settings.churn_alert_threshold,
             churn_rearm=settings.churn_rearm_threshold,
@@ -67,6 +78,26 @@ class AlertRules:
             anomaly_threshold=settings.anomaly_alert_threshold,
             anomaly_cooldown_s=settings.anomaly_cooldown_s,
             burst_events_per_s=settings.burst_events_per_s,
+            burst_sustained_events=settings.burst_sustained_events,
+            churn_min_events=settings.churn_min_events,
+            churn_min_history_s=settings.churn_min_history_s,
+        )
+
+    def churn_levels(self, served_threshold: float) -> tuple[float, float]:
+        """(alert, re-arm) levels for a score from a version that carries `served_threshold`.
+
+        The served version's threshold, picked by the trainer on validation data for the
+        target precision, wins; NaN (a version without one) falls back to churn_threshold.
+        The re-arm level keeps the configured ratio to the alert level.
+        """
+        if math.isnan(served_threshold):
+            return self.churn_threshold, self.churn_rearm
+        return served_threshold, served_threshold * self.churn_rearm / self.churn_threshold
+
+    def enough_history(self, state: UserState) -> bool:
+        return (
+            state.event_count >= self.churn_min_events
+            and state.last_ts_ms - state.first_ts_ms >= self.churn_min_history_s * 1000
         )
 
 
@@ -100,19 +131,31 @@ def evaluate(
     anomaly: float,
     model_version: str,
     rules: AlertRules,
+    churn_threshold: float = math.nan,
+    silent_ms: int = 0,
 ) -> tuple[UserState, list[Alert]]:
     """The state with these scores and its updated alert memory, and the alerts to emit.
 
     `state` itself is left as it was.
 
-    churn    alerts when >= churn_threshold, armed and churn_cooldown_s passed; it then stays
-             disarmed until the risk falls below churn_rearm (hysteresis)
+    churn    alerts when >= the served version's churn_threshold (rules.churn_threshold when
+             it carries none, NaN), armed, churn_cooldown_s passed and the user has enough
+             history (churn_min_events events over churn_min_history_s); it then stays
+             disarmed until the risk falls below the re-arm level (hysteresis)
     anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
-    burst    alerts when state.rate_per_s >= burst_events_per_s; shares anomaly_cooldown_s
+    burst    alerts when state.rate_per_s >= burst_events_per_s (a spike), or when at least
+             burst_sustained_events of the last 32 events came under 5 s apart (a script's
+             pace kept up: bots and scrapers); shares anomaly_cooldown_s
     NaN scores never alert and never re-arm.
+
+    silent_ms > 0: a re-score of a user silent for that long since their last event
+    (stream/worker/idle.py). The clock is then last event + silent_ms, only the churn rule
+    applies, and the anomaly score of their last event is kept.
     """
+    if silent_ms:
+        anomaly = state.anomaly
     state = replace(state, churn=churn, purchase=purchase, anomaly=anomaly)
-    now_ms = state.last_ts_ms
+    now_ms = state.last_ts_ms + silent_ms
     event_ids = tuple(state.last_event_ids)
     alerts: list[Alert] = []
 
@@ -131,23 +174,29 @@ def evaluate(
             )
         )
 
+    alert_at, rearm_below = rules.churn_levels(churn_threshold)
     if not math.isnan(churn):
         if not state.churn_armed:
-            state.churn_armed = churn < rules.churn_rearm
-        elif churn >= rules.churn_threshold and _cooled_down(
-            state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s
+            state.churn_armed = churn < rearm_below
+        elif (
+            churn >= alert_at
+            and rules.enough_history(state)
+            and _cooled_down(state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s)
         ):
-            threshold = rules.churn_threshold
+            threshold = alert_at
             emit(
                 CHURN,
                 state.last_churn_alert_ms,
                 churn,
                 threshold,
-                f"churn risk {churn:.2f} crossed {threshold:.2f}",
+                f"churn risk {churn:.2f} crossed {threshold:.2f}"
+                + (f" after {_duration(silent_ms)} of silence" if silent_ms else ""),
             )
             state.churn_armed = False
             state.last_churn_alert_ms = now_ms
 
+    if silent_ms:
+        return state, alerts
     # NaN >= x is False, so an unscored anomaly never alerts.
     if anomaly >= rules.anomaly_threshold and _cooled_down(
         state.last_anomaly_alert_ms, now_ms, rules.anomaly_cooldown_s
@@ -163,20 +212,39 @@ def evaluate(
         state.last_anomaly_alert_ms = now_ms
 
     rate = state.rate_per_s
-    if rate >= rules.burst_events_per_s and _cooled_down(
+    fast = sustained_fast_events(state)
+    spike = rate >= rules.burst_events_per_s
+    sustained = 0 < rules.burst_sustained_events <= fast
+    if (spike or sustained) and _cooled_down(
         state.last_burst_alert_ms, now_ms, rules.anomaly_cooldown_s
     ):
-        threshold = rules.burst_events_per_s
-        emit(
-            BURST,
-            state.last_burst_alert_ms,
-            rate,
-            threshold,
-            f"burst of {rate:.1f} events/s crossed {threshold:.1f}",
-        )
+        if spike:
+            score, threshold = rate, rules.burst_events_per_s
+            reason = f"burst of {rate:.1f} events/s crossed {threshold:.1f}"
+        else:
+            score, threshold = float(fast), float(rules.burst_sustained_events)
+            reason = (
+                f"{fast} of the last {SUSTAINED_WINDOW} events came under "
+                f"{FAST_GAP_S} s apart (rule: {rules.burst_sustained_events})"
+            )
+        emit(BURST, state.last_burst_alert_ms, score, threshold, reason)
         state.last_burst_alert_ms = now_ms
 
     return state, alerts
+
+
+def sustained_fast_events(state: UserState) -> int:
+    """Of the user's last SUSTAINED_WINDOW events, how many came under FAST_GAP_S after the
+    one before (0 until there are that many): a script keeps this up, a person does not."""
+    gaps = state.tokens[-SUSTAINED_WINDOW:, GAP_FIELD]
+    if len(gaps) < SUSTAINED_WINDOW:
+        return 0
+    return int(((gaps >= _FAST_GAP_TOKENS[0]) & (gaps <= _FAST_GAP_TOKENS[-1])).sum())
+
+
+def _duration(ms: int) -> str:
+    hours = ms / 3_600_000
+    return f"{hours / 24:.1f} d" if hours >= 24 else f"{hours:.1f} h"
 
 
 def alert_to_json(alert: Alert) -> bytes:

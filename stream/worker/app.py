@@ -1,4 +1,4 @@
-"""The Faust application: one per worker process, configured from Settings."""
+"""The Faust application: one per worker process, configured from WorkerSettings."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import faust
 
 from stream.faust_ext import ClickscoreApp, SeekSafeTableManager, check_versions
 from stream.kafka_security import faust_credentials
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: WorkerSettings) -> faust.App:
     check_versions()
     # The RocksDB table files belong to one consumer group's changelog (a new group, or
     # recreated topics, must not open them) and to one worker process (RocksDB locks them):

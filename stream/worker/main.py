@@ -6,7 +6,7 @@ import faust
 from faust.types import TP
 
 from stream import logs
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.sinks.postgres import ResultStore
 from stream.worker import metrics
@@ -18,7 +18,7 @@ from stream.worker.topics import declare_topics
 from stream.worker.triton_client import TritonScorer
 
 
-def build_worker(settings: Settings) -> faust.App:
+def build_worker(settings: WorkerSettings) -> faust.App:
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = user_state_table(app, settings)
@@ -48,7 +48,7 @@ def build_worker(settings: Settings) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: WorkerSettings) -> None:
     logs.configure(settings.log_level)
     app = build_worker(settings)
     metrics.serve(settings)

@@ -1,10 +1,10 @@
-"""Prometheus metrics of the worker, served on Settings.metrics_host:metrics_port."""
+"""Prometheus metrics of the worker, served on WorkerSettings.metrics_host:metrics_port."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300)
 
@@ -41,6 +41,9 @@ EVENT_TO_SCORE = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 SCORES_EMITTED = Counter("clickscore_scores_emitted", "Per-user scores written.")
+SILENT_RESCORED = Counter(
+    "clickscore_silent_rescored", "Users re-scored after a silence, without a new event."
+)
 ALERTS = Counter("clickscore_alerts", "Alerts raised.", ["kind"])
 RETRIES = Counter("clickscore_retries", "Failed calls that were retried, by target.", ["target"])
 CONSUMER_LAG = Gauge(
@@ -50,7 +53,7 @@ CONSUMER_LAG = Gauge(
 )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: WorkerSettings) -> None:
     """Expose /metrics unless metrics_port is 0. Binds to loopback by default."""
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -25,10 +26,11 @@ from prometheus_client import Histogram
 from stream.contract.events import ValidationLimits
 from stream.contract.state import UserState, stack_padded
 from stream.contract.tokenizer import Vocabulary
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
 from stream.worker.alerts import Alert, AlertRules, evaluate
+from stream.worker.idle import Due, IdleIndex, IdlePolicy, silence_tokens
 from stream.worker.pseudonym import Pseudonymiser
 from stream.worker.scores import Score
 from stream.worker.triton_client import ModelScores
@@ -50,7 +52,7 @@ class ResultSink(Protocol):
     async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None: ...
 
 
-def validation_limits(settings: Settings) -> ValidationLimits:
+def validation_limits(settings: WorkerSettings) -> ValidationLimits:
     return ValidationLimits(
         max_payload_bytes=settings.max_payload_bytes,
         max_age_s=settings.max_event_age_s,
@@ -69,7 +71,7 @@ def _observe(stage: Histogram, name: str, started: float) -> float:
 class ScoringPipeline:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         table: StateTable,
         scorer: Scorer,
         store: ResultSink,
@@ -92,6 +94,13 @@ class ScoringPipeline:
         self._pseudonymiser = Pseudonymiser(key.get_secret_value().encode()) if key else None
         # The next offset to read per (topic, partition), for the consumer-lag gauge.
         self.positions: dict[tuple[str, int], int] = {}
+        self.idle = IdleIndex(
+            IdlePolicy(
+                idle_s=settings.silent_rescore_after_s,
+                max_idle_s=settings.silent_rescore_max_s,
+                max_users_per_pass=settings.silent_rescore_max_users,
+            )
+        )
 
     def _load(self, user_id: str, partition: int) -> UserState | None:
         raw = self._table.load(user_id.encode(), partition)
@@ -117,9 +126,28 @@ class ScoringPipeline:
 
         users = list(window.states)
         states = [window.states[user] for user in users]
-        model = await self._scorer.score(stack_padded(states, self._settings.sequence_length))
+        partitions = [window.partitions[user] for user in users]
+        for user, state, partition in zip(users, states, partitions, strict=True):
+            self.idle.touch(partition, user, state.last_ts_ms)
+        # Users gone quiet in these partitions ride in the same Triton call (idle.py); those
+        # among this window's own users (their events came late) go after its table writes.
+        silent, later = self._due_silent(sorted(set(partitions)), window.states)
+        length = self._settings.sequence_length
+        tokens = stack_padded(states, length)
+        if silent:
+            silent_states = [state for _, _, state in silent]
+            elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+            tokens = np.concatenate(
+                [tokens, silence_tokens(silent_states, elapsed, self._vocab, length)]
+            )
+            users += [entry.user_id for _, entry, _ in silent]
+            states += silent_states
+            partitions += [partition for partition, _, _ in silent]
+        model = await self._scorer.score(tokens)
         started = _observe(stage, "score", started)
-        states, scores, alerts = self._results(users, states, model)
+        silent_ms = [0] * len(window.states)
+        silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+        states, scores, alerts = self._results(users, states, model, silent_ms)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
@@ -130,14 +158,62 @@ class ScoringPipeline:
         for event in window.newest_event.values():
             metrics.EVENT_TO_SCORE.observe(max(0.0, emitted - event.ts_ms / 1000))
         metrics.SCORES_EMITTED.inc(len(scores))
+        metrics.SILENT_RESCORED.inc(len(silent))
         started = _observe(stage, "results", started)
 
-        for user, state in zip(users, states, strict=True):
-            self._table.put(user.encode(), state.to_bytes(), window.partitions[user])
-        _observe(stage, "table", started)
+        for user, state, partition in zip(users, states, partitions, strict=True):
+            self._table.put(user.encode(), state.to_bytes(), partition)
+        started = _observe(stage, "table", started)
+        if later:
+            await self._rescore_late(later)
+            _observe(stage, "silent", started)
+
+    async def _rescore_late(self, due: list[tuple[int, Due]]) -> None:
+        """Silent re-scores of users this window touched, on the states it just wrote."""
+        loaded = [(p, entry, self._load(entry.user_id, p)) for p, entry in due]
+        ready = [(p, e, s) for p, e, s in loaded if s is not None and s.last_ts_ms == e.last_ts_ms]
+        if not ready:
+            return
+        elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in ready]
+        states = [state for _, _, state in ready]
+        tokens = silence_tokens(states, elapsed, self._vocab, self._settings.sequence_length)
+        users = [entry.user_id for _, entry, _ in ready]
+        model = await self._scorer.score(tokens)
+        states, scores, alerts = self._results(users, states, model, elapsed)
+        if self._pseudonymiser is not None:
+            scores = self._pseudonymiser.scores(scores)
+            alerts = self._pseudonymiser.alerts(alerts)
+        await asyncio.gather(
+            self._publisher.results(scores, alerts), self._store.write(scores, alerts)
+        )
+        metrics.SILENT_RESCORED.inc(len(users))
+        for (partition, _, _), user, state in zip(ready, users, states, strict=True):
+            self._table.put(user.encode(), state.to_bytes(), partition)
+
+    def _due_silent(
+        self, partitions: list[int], window_users: Mapping[str, UserState]
+    ) -> tuple[list[tuple[int, Due, UserState]], list[tuple[int, Due]]]:
+        """Users of these partitions whose next silence level the partition's event time has
+        passed: those outside the window with their stored state (skipped when the table
+        holds a newer event than the index knew), and those inside it."""
+        due: list[tuple[int, Due, UserState]] = []
+        later: list[tuple[int, Due]] = []
+        for partition in partitions:
+            for entry in self.idle.due(partition):
+                if entry.user_id in window_users:
+                    later.append((partition, entry))
+                    continue
+                state = self._load(entry.user_id, partition)
+                if state is not None and state.last_ts_ms == entry.last_ts_ms:
+                    due.append((partition, entry, state))
+        return due, later
 
     def _results(
-        self, users: list[str], states: list[UserState], model: ModelScores
+        self,
+        users: list[str],
+        states: list[UserState],
+        model: ModelScores,
+        silent_ms: list[int] | None = None,
     ) -> tuple[list[UserState], list[Score], list[Alert]]:
         """Each user's state with its scores and alert memory, their scores and alerts."""
         scored_at_ms = int(self._clock() * 1000)
@@ -147,7 +223,18 @@ class ScoringPipeline:
         for i, (user, before) in enumerate(zip(users, states, strict=True)):
             churn, purchase = float(model.churn[i]), float(model.purchase[i])
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
-            state, raised = evaluate(before, user, churn, purchase, anomaly, version, self._rules)
+            threshold = math.nan if model.churn_threshold is None else model.churn_threshold[i]
+            state, raised = evaluate(
+                before,
+                user,
+                churn,
+                purchase,
+                anomaly,
+                version,
+                self._rules,
+                float(threshold),
+                silent_ms[i] if silent_ms else 0,
+            )
             scored.append(state)
             alerts += raised
             scores.append(
@@ -155,7 +242,7 @@ class ScoringPipeline:
                     user_id=user,
                     churn_risk=churn,
                     purchase_intent=purchase,
-                    anomaly=anomaly,
+                    anomaly=state.anomaly,
                     model_version=version,
                     event_count=state.event_count,
                     last_event_id=state.last_event_ids[-1] if state.last_event_ids else "",

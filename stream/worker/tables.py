@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import faust
 
 from stream.faust_ext import in_partition_of
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 TABLE_NAME = "user_state"
 
@@ -45,7 +45,7 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
             self[key] = value
 
 
-def user_state_table(app: faust.App, settings: Settings) -> UserStateTable:
+def user_state_table(app: faust.App, settings: WorkerSettings) -> UserStateTable:
     table = UserStateTable(
         app,
         name=TABLE_NAME,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import faust
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Topics:
     dead_letter: faust.TopicT
 
 
-def declare_topics(app: faust.App, settings: Settings) -> Topics:
+def declare_topics(app: faust.App, settings: WorkerSettings) -> Topics:
     def raw(name: str) -> faust.TopicT:
         return app.topic(
             name,

@@ -21,13 +21,16 @@ from tritonclient.utils import InferenceServerException
 
 from stream.contract.tokenizer import NUM_FIELDS
 from stream.retry import retry_forever
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker import metrics
 
 log = logging.getLogger(__name__)
 
 INPUT = "TOKENS"
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
+# The served version's churn alert threshold, per row (trainer/triton_model.py). Requested
+# only from a model whose config declares it; rows of a model without it get NaN.
+THRESHOLD = "CHURN_THRESHOLD"
 # Our own request is malformed: retrying cannot help, so these fail loudly instead.
 NOT_RETRIABLE = ("StatusCode.INVALID_ARGUMENT",)
 
@@ -42,6 +45,8 @@ class ModelScores:
     purchase: npt.NDArray[np.float32]
     anomaly: npt.NDArray[np.float32]
     model_versions: list[str]  # per row: a hot swap may land between two requests
+    # Per row, from the version that scored it; None or NaN: that version carries none.
+    churn_threshold: npt.NDArray[np.float32] | None = None
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -51,10 +56,11 @@ def is_retriable(exc: BaseException) -> bool:
 
 
 class TritonScorer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self._settings = settings
         self._client: grpcclient.InferenceServerClient | None = None
         self._limit = asyncio.Semaphore(settings.triton_max_concurrency)
+        self._outputs: tuple[str, ...] = OUTPUTS
 
     async def start(self) -> None:
         """Connect and wait (with backoff) until the model is ready; check its interface."""
@@ -72,6 +78,8 @@ class TritonScorer:
                 f"model '{self._settings.triton_model}' takes {INPUT} {dims}, but this worker "
                 f"sends {expected} (CLICKSCORE_SEQUENCE_LENGTH)"
             )
+        if any(o.name == THRESHOLD for o in config.output):
+            self._outputs = (*OUTPUTS, THRESHOLD)
 
     async def _model_config(self) -> Any:
         assert self._client is not None
@@ -90,25 +98,28 @@ class TritonScorer:
         chunks = [tokens[i : i + size] for i in range(0, tokens.shape[0], size)]
         results = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
         versions: list[str] = []
-        for (_, _, _, version), chunk in zip(results, chunks, strict=True):
+        for (_, version), chunk in zip(results, chunks, strict=True):
             versions += [version] * chunk.shape[0]
+
+        def column(name: str) -> npt.NDArray[np.float32]:
+            return np.concatenate([r[0][name] for r in results]).astype(np.float32)
+
         return ModelScores(
-            churn=np.concatenate([r[0] for r in results]),
-            purchase=np.concatenate([r[1] for r in results]),
-            anomaly=np.concatenate([r[2] for r in results]),
+            churn=column("CHURN"),
+            purchase=column("PURCHASE"),
+            anomaly=column("ANOMALY"),
             model_versions=versions,
+            churn_threshold=column(THRESHOLD),
         )
 
     async def _score_chunk(
         self, tokens: npt.NDArray[np.int32]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], str]:
-        async def infer() -> tuple[
-            npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], str
-        ]:
+    ) -> tuple[dict[str, npt.NDArray[np.float32]], str]:
+        async def infer() -> tuple[dict[str, npt.NDArray[np.float32]], str]:
             assert self._client is not None
             tensor = grpcclient.InferInput(INPUT, list(tokens.shape), "INT64")
             tensor.set_data_from_numpy(tokens.astype(np.int64))
-            outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+            outputs = [grpcclient.InferRequestedOutput(name) for name in self._outputs]
             async with self._limit:
                 started = time.perf_counter()
                 result = await self._client.infer(
@@ -118,8 +129,9 @@ class TritonScorer:
                     client_timeout=self._settings.triton_timeout_s,
                 )
                 metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
-            churn, purchase, anomaly = (result.as_numpy(name).reshape(-1) for name in OUTPUTS)
-            return churn, purchase, anomaly, result.get_response().model_version
+            columns = {name: result.as_numpy(name).reshape(-1) for name in self._outputs}
+            columns.setdefault(THRESHOLD, np.full(tokens.shape[0], np.nan, dtype=np.float32))
+            return columns, result.get_response().model_version
 
         return await retry_forever(
             infer,

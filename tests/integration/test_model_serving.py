@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +154,20 @@ async def test_gate_refuses_a_worse_model_and_swap_and_rollback_lose_no_request(
             except Exception as exc:
                 errors.append(exc)
 
+    async def until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not condition() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    new = int(candidate.name)
     clients = [asyncio.create_task(hammer()) for _ in range(4)]
-    await asyncio.sleep(0.5)
+    await until(lambda: str(before) in seen)  # the old version answered under load
     result = await promote.promote(db, candidate, heldout)
-    await asyncio.sleep(0.5)
+    await until(lambda: str(new) in seen)  # then the new one, with no failed request between
     stop.set()
     await asyncio.gather(*clients)
     assert result.promote, result.reason
     assert errors == []
-    new = int(candidate.name)
     assert seen >= {str(before), str(new)}
     statuses = {row.version: row.status for row in await promote.table(db)}
     assert statuses[int(rejected.name)] == "rejected"

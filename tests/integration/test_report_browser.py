@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.demo.report import ModelEvaluation, ReportData, precision_recall, write_report
+from stream.demo.report import (
+    FlaggedUser,
+    ModelEvaluation,
+    ReportData,
+    precision_recall,
+    write_report,
+)
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -59,8 +65,20 @@ def _report(directory: Path) -> Path:
         ],
         latencies_s=[rng.lognormvariate(-3.0, 0.8) for _ in range(400)],
         latency_source="synthetic latencies",
-        accuracy=[precision_recall("churn alerts vs churners", {"u1", "u2"}, {"u1", "u3"})],
+        accuracy=[precision_recall("churn alerts vs churners", {"u1", "u2"}, {"u1", "u3"}, 50)],
         model=ModelEvaluation("clickscore", "2", {"mean_roc_auc": 0.61, "churn_roc_auc": 0.6}),
+        flagged=[
+            FlaggedUser(
+                "user-17",
+                "churn",
+                0.91,
+                0.74,
+                "churn risk 0.91 crossed 0.74 after 2.0 d of silence",
+                ["e-7", "e-8", "e-9"],
+                "churner",
+            ),
+            FlaggedUser("bot-3", "burst", 48.0, 20.0, "burst of 48.0 events/s", ["b-1"], "bot"),
+        ],
     )
     return write_report(data, directory)
 
@@ -90,6 +108,11 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     for title in ("Score distributions", "Alert timeline", "Event-to-score latency"):
         assert title in dom.stdout
     assert "mean_roc_auc" in dom.stdout
+    # The flagged users, each with why: score, threshold, reason and last events.
+    flagged = dom.stdout[dom.stdout.index('id="flagged-users"') :]
+    for text in ("user-17", "0.91", "0.74", "after 2.0 d of silence", "e-7, e-8, e-9", "bot-3"):
+        assert text in flagged, text
+    assert "base rate" in dom.stdout
 
     shot = tmp_path / "report.png"
     result = _run(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -25,6 +26,8 @@ RULES = AlertRules(
     anomaly_threshold=0.95,
     anomaly_cooldown_s=600,
     burst_events_per_s=20.0,
+    churn_min_events=1,
+    churn_min_history_s=0,
 )
 T0 = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -52,12 +55,16 @@ class User:
         anomaly: float = 0.1,
         purchase: float = 0.2,
         at_ms: int | None = None,
+        rules: AlertRules = RULES,
+        served_threshold: float = math.nan,
     ) -> list[Alert]:
         self.event(at_ms)
         assert self.state is not None
         given = self.state
         before = given.to_bytes()
-        self.state, alerts = evaluate(given, self.user_id, churn, purchase, anomaly, "m-7", RULES)
+        self.state, alerts = evaluate(
+            given, self.user_id, churn, purchase, anomaly, "m-7", rules, served_threshold
+        )
         # Pure: the state it was given is unchanged; the new one is returned.
         assert given.to_bytes() == before
         return alerts
@@ -155,11 +162,22 @@ def test_burst_alert() -> None:
     assert len(burst_at) == 1 and burst_at[0] > 5  # alerts once, not on the first events
     assert user.state is not None and user.state.rate_per_s > 40
     first_ms = user.state.last_burst_alert_ms
-    # Cooldown is anomaly_cooldown_s; once over it, a still-running burst alerts again.
-    assert user.kinds(at_ms=first_ms + 600_000) == []  # one slow gap drops the rate
+    # Cooldown is anomaly_cooldown_s; once over it, a still-running burst alerts again: one
+    # slow gap drops the rate, but 31 of the last 32 events still came at a script's pace.
+    assert user.kinds(at_ms=first_ms + 600_000) == ["burst"]
+
+
+def test_the_spike_rule_alone_recovers_after_a_slow_gap() -> None:
+    spike_only = replace(RULES, burst_sustained_events=0)
+    user = User(gap_ms=20)
+    kinds = [user.kinds(rules=spike_only) for _ in range(60)]  # type: ignore[arg-type]
+    assert sum(k.count("burst") for k in kinds) == 1
+    assert user.state is not None
+    first_ms = user.state.last_burst_alert_ms
+    assert user.kinds(at_ms=first_ms + 600_000, rules=spike_only) == []  # type: ignore[arg-type]
     for _ in range(40):
         user.event()
-    assert user.kinds() == ["burst"]
+    assert user.kinds(rules=spike_only) == ["burst"]  # type: ignore[arg-type]
 
 
 def test_burst_alert_content() -> None:
@@ -251,3 +269,80 @@ def test_rules_from_settings() -> None:
     assert AlertRules.from_settings(settings) == AlertRules(0.7, 0.4, 10, 0.9, 20, 5.0)
     defaults = AlertRules.from_settings(Settings())
     assert defaults == AlertRules()
+
+
+def test_the_served_versions_threshold_wins_over_the_configured_one() -> None:
+    user = User(gap_ms=2 * HOUR_MS)
+    assert user.kinds(churn=0.7, served_threshold=0.75) == []
+    [alert] = user.score(churn=0.76, served_threshold=0.75)
+    assert alert.threshold == 0.75 and alert.reason == "churn risk 0.76 crossed 0.75"
+    # Re-arming keeps the configured ratio (0.6 / 0.8) to the served threshold: 0.5625.
+    assert user.kinds(churn=0.57, served_threshold=0.75) == []
+    assert user.state is not None and not user.state.churn_armed
+    assert user.kinds(churn=0.56, served_threshold=0.75) == []
+    assert user.state.churn_armed
+
+
+def test_a_version_without_a_threshold_uses_the_configured_one() -> None:
+    assert User().kinds(churn=0.79, served_threshold=math.nan) == []
+    assert User().kinds(churn=0.8, served_threshold=math.nan) == ["churn"]
+
+
+def test_a_version_that_reached_no_target_precision_raises_no_churn_alert() -> None:
+    user = User(gap_ms=2 * HOUR_MS)
+    assert user.kinds(churn=0.999, served_threshold=math.inf) == []
+    assert user.kinds(churn=1.0, served_threshold=math.inf) == []
+
+
+def test_too_little_history_gets_no_churn_alert() -> None:
+    rules = AlertRules(churn_min_events=3, churn_min_history_s=86_400)
+    user = User(gap_ms=12 * HOUR_MS)
+    # Events 1 and 2: too few; event 3 is only 24 h after the first: enough of both.
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == []
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == []
+    assert [a.kind for a in user.score(churn=0.95, rules=rules)] == ["churn"]
+    # Many events within minutes are not enough history either.
+    quick = User(gap_ms=60_000)
+    assert all(quick.score(churn=0.95, rules=rules) == [] for _ in range(20))
+
+
+def test_a_scripts_pace_kept_up_is_a_burst_though_never_a_spike() -> None:
+    # A scraper: one page every 2 s, far below the 20 events/s spike rule.
+    scraper = User("scraper-1", gap_ms=2_000)
+    raised = [scraper.kinds() for _ in range(40)]
+    first = next(i for i, kinds in enumerate(raised) if "burst" in kinds)
+    # From the 32nd event on, 31 of the last 32 gaps (the first event has none) are fast.
+    assert first == 31 and sum(k.count("burst") for k in raised) == 1
+    scraper2 = User("scraper-2", gap_ms=2_000)
+    alerts = [a for _ in range(32) for a in scraper2.score()]
+    [burst] = [a for a in alerts if a.kind == "burst"]
+    assert burst.score == 31 and burst.threshold == 28
+    assert burst.reason == "31 of the last 32 events came under 5 s apart (rule: 28)"
+
+
+def test_a_person_browsing_fast_now_and_then_is_no_burst() -> None:
+    person = User("person-1", gap_ms=4_000)
+    kinds = [person.kinds() for _ in range(20)]
+    for _ in range(20):
+        person.gap_ms = 30_000
+        kinds.append(person.kinds())
+    assert not any("burst" in k for k in kinds)
+
+
+def test_burst_defaults_flag_every_bot_and_scraper_and_no_person_of_the_generator() -> None:
+    """The calibration behind the defaults (docs/evaluation.md, "Bursts"), on fresh users."""
+    from stream.datasets.synthetic import SyntheticConfig, generate
+    from stream.worker.alerts import sustained_fast_events
+
+    events, truth = generate(SyntheticConfig(users=400, days=4, seed=11))
+    states: dict[str, UserState] = {}
+    flagged: set[str] = set()
+    rules = AlertRules()
+    for event in sorted(events, key=lambda e: e.ts_ms):
+        state, _ = apply_event(states.get(event.user_id), event, VOCAB, 64)
+        states[event.user_id] = state
+        spike = state.rate_per_s >= rules.burst_events_per_s
+        if spike or sustained_fast_events(state) >= rules.burst_sustained_events:
+            flagged.add(event.user_id)
+    scripts = {u for u, t in truth.items() if t.anomaly in ("bot", "scraper")}
+    assert scripts and flagged == scripts

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from stream.settings import PROJECT_ROOT, Settings
+from tests.support import dashboards
 
 
 class ComposeLoader(yaml.SafeLoader):
@@ -53,6 +54,8 @@ def test_the_production_services_are_all_there() -> None:
         "worker",
         "actions",
         "trainer",
+        "prometheus",
+        "grafana",
     }
     assert expected <= set(SERVICES)
 
@@ -133,3 +136,61 @@ def test_triton_runs_explicit_model_control_on_a_gpu_and_the_cpu_variant_drops_i
     cpu = compose("docker-compose.cpu.yml")["services"]["triton"]
     assert cpu["deploy"] == {}
     assert not any("config.gpu.pbtxt" in v for v in cpu["volumes"])
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> repository path, for the service's bind mounts of project files."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            mounts[target] = source
+    return mounts
+
+
+def _scrape_targets() -> dict[str, list[tuple[str, int]]]:
+    """Prometheus job -> (host, port) it scrapes, from static targets and DNS names."""
+    jobs: dict[str, list[tuple[str, int]]] = {}
+    for job in dashboards.load_yaml(dashboards.PROMETHEUS)["scrape_configs"]:
+        found = jobs.setdefault(job["job_name"], [])
+        for static in job.get("static_configs") or []:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                found.append((host, int(port)))
+        for dns in job.get("dns_sd_configs") or []:
+            found += [(name, int(dns["port"])) for name in dns["names"]]
+    return jobs
+
+
+def test_prometheus_scrapes_the_workers_actions_and_triton_on_their_metrics_ports() -> None:
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert _scrape_targets() == {
+        "clickscore-worker": [("worker", defaults.metrics_port)],
+        "clickscore-actions": [("actions", defaults.actions_metrics_port)],
+        "triton": [("triton", defaults.triton_metrics_port)],
+    }
+    # The worker and actions bind their metrics endpoint to every interface in the container.
+    for name in ("worker", "actions"):
+        assert _environment(SERVICES[name])["CLICKSCORE_METRICS_HOST"] == "0.0.0.0"
+    prometheus = SERVICES["prometheus"]
+    assert _mounts(prometheus)["/etc/prometheus"] == "./deploy/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_grafana_mounts_its_provisioning_and_logs_in_with_a_password_from_env() -> None:
+    grafana = SERVICES["grafana"]
+    env = _environment(grafana)
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?.+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+    lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
+    assert any(line.startswith("GRAFANA_ADMIN_PASSWORD=") for line in lines)
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
+    provider = dashboards.load_yaml(dashboards.DASHBOARD_PROVIDERS)["providers"][0]
+    dashboards_dir = PROJECT_ROOT / mounts[provider["options"]["path"]]
+    assert dashboards.DASHBOARD.parent == dashboards_dir.resolve()
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    folder, _, name = home.rpartition("/")
+    assert (PROJECT_ROOT / mounts[folder] / name).is_file()
+    # Published on loopback only: dashboards and metrics are for the people who run it.
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in SERVICES[name]["ports"])

@@ -36,17 +36,3 @@ def test_a_dataset_is_replayed_in_time_order_without_ground_truth(tmp_path: Path
     assert truth is None and source == "taobao UserBehavior.csv"
     assert [e.ts_ms for e in events] == sorted(e.ts_ms for e in events)
     assert len(events) == 3 and events[0].user_id == "2"
-
-
-def test_the_summary_says_when_the_offered_rate_was_above_capacity() -> None:
-    from stream.demo.run import capacity_note
-
-    # Paced at 2,000 events/s: 20,000 events sent in 10 s, all scored 10.5 s after start.
-    assert capacity_note(2000, 20_000, replay_s=10.0, scoring_s=10.5) is None
-    # A 100 s replay finished 2 s late: a latency tail (2 %), not a lack of capacity.
-    assert capacity_note(400, 40_000, replay_s=100.0, scoring_s=102.0) is None
-    # ... or only 25 s after: the worker kept up with 800 events/s and events queued.
-    note = capacity_note(2000, 20_000, replay_s=10.0, scoring_s=25.0)
-    assert note is not None and "above this machine's capacity" in note
-    assert "800 events/s" in note and "--rate 400" in note
-    assert capacity_note(0, 20_000, replay_s=2.0, scoring_s=25.0) is None  # unpaced

@@ -38,6 +38,8 @@ def _data(model: ModelEvaluation) -> ReportData:
 def test_precision_recall() -> None:
     row = precision_recall("x", {"a", "b"}, {"a", "c", "d"})
     assert (row.precision, row.recall) == (0.5, pytest.approx(1 / 3))
+    assert row.base_rate is None
+    assert precision_recall("x", {"a"}, {"a", "c", "d"}, population=12).base_rate == 0.25
     empty = precision_recall("x", set(), {"a"})
     assert empty.precision is None and empty.recall == 0.0
 
@@ -77,3 +79,21 @@ def test_served_model_is_the_highest_version(tmp_path: Path) -> None:
     (tmp_path / "clickscore" / "11").mkdir()
     assert served_model_evaluation(tmp_path, "clickscore").metrics is None
     assert served_model_evaluation(tmp_path, "other").version is None
+
+
+def test_flagged_users_are_listed_with_why() -> None:
+    from dataclasses import replace
+
+    from stream.demo.report import FlaggedUser
+
+    data = replace(
+        _data(ModelEvaluation("clickscore", "2", None)),
+        flagged=[
+            FlaggedUser("u<1>", "churn", 0.9, 0.7, "churn risk 0.90", ["e1", "e2"], "churner")
+        ],
+    )
+    page = build_html(data, [])
+    section = page[page.index('id="flagged-users"') :]
+    assert "u&lt;1&gt;" in section and "0.90" in section and "0.70" in section
+    assert "e1, e2" in section and "churner" in section
+    assert "No user was flagged" in build_html(_data(ModelEvaluation("m", "1", None)), [])

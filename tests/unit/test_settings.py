@@ -50,3 +50,61 @@ def test_as_environment_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in original.as_environment().items():
         monkeypatch.setenv(name, value)
     assert Settings(_env_file=None) == original  # type: ignore[call-arg]
+
+
+def _help(*command: str) -> None:
+    from stream.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*command, "--help"])
+
+
+def test_each_command_help_names_only_the_settings_it_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _help("worker")
+    worker = capsys.readouterr().out
+    _help("actions")
+    actions = capsys.readouterr().out
+    _help("dlq", "replay")
+    dlq = capsys.readouterr().out
+    assert "CLICKSCORE_TRITON_GRPC_URL" in worker and "CLICKSCORE_WEBHOOK_URL" not in worker
+    assert "CLICKSCORE_WEBHOOK_URL" in actions and "CLICKSCORE_TRITON_GRPC_URL" not in actions
+    assert "CLICKSCORE_TOPIC_DEAD_LETTER" in dlq and "CLICKSCORE_DATABASE_URL" not in dlq
+
+
+def test_a_command_loads_and_validates_only_its_own_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stream.settings import ActionsSettings, WorkerSettings
+
+    monkeypatch.setenv("CLICKSCORE_WEBHOOK_TIMEOUT_S", "-1")  # invalid, and an actions setting
+    worker = WorkerSettings(_env_file=None)  # type: ignore[call-arg]
+    assert not hasattr(worker, "webhook_timeout_s")
+    with pytest.raises(ValidationError, match="webhook_timeout_s"):
+        ActionsSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_every_command_chose_its_settings() -> None:
+    from stream.cli import SETTINGS_OF, build_parser
+
+    commands = {
+        name
+        for action in build_parser()._actions
+        if hasattr(action, "choices") and isinstance(action.choices, dict)
+        for name in action.choices
+    }
+    assert commands <= set(SETTINGS_OF)
+
+
+def test_the_groups_cover_every_setting_once() -> None:
+    from stream.settings import (
+        ActionsSettings,
+        StackSettings,
+        TrainerSettings,
+        WorkerSettings,
+    )
+
+    deployables = (WorkerSettings, ActionsSettings, TrainerSettings, StackSettings)
+    covered = set().union(*(set(cls.model_fields) for cls in deployables))
+    assert covered == set(Settings.model_fields)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -13,7 +15,7 @@ from stream.contract.events import Event
 from stream.contract.state import apply_event, stack_padded
 from tests.conftest import make_settings
 from trainer import data, model
-from trainer.refresh import TrainArgs, configs, load_events, split
+from trainer.refresh import TrainArgs, alert_thresholds, configs, load_events, split
 from trainer.train import fit, predict
 
 VOCAB = tk.Vocabulary()
@@ -90,6 +92,25 @@ def test_tiny_training_beats_chance() -> None:
     purchase = roc_auc_score(parts.test.purchase, scores["purchase"])
     assert churn > 0.6 and purchase > 0.6, (churn, purchase)
     assert ((scores["anomaly"] >= 0) & (scores["anomaly"] <= 1)).all()
+
+    # The churn alert threshold is picked on the validation users, for the target precision.
+    picked = alert_thresholds(settings, net, parts.validation)["churn"]
+    assert picked["target_precision"] == settings.churn_alert_precision
+    if picked["threshold"] is not None:
+        validation = predict(net, parts.validation.tokens, top_items=False)["churn"]
+        flagged = validation >= picked["threshold"]
+        assert parts.validation.churn[flagged].mean() >= settings.churn_alert_precision
+        assert picked["validation_precision"] == pytest.approx(
+            parts.validation.churn[flagged].mean()
+        )
+
+
+def test_a_versions_churn_threshold_as_triton_returns_it() -> None:
+    from trainer.triton_model import churn_threshold
+
+    assert math.isnan(churn_threshold({}))  # exported before thresholds: the setting applies
+    assert churn_threshold({"alert_thresholds": {"churn": {"threshold": None}}}) == math.inf
+    assert churn_threshold({"alert_thresholds": {"churn": {"threshold": 0.64}}}) == 0.64
 
 
 def _left_padded(lengths: list[int], config: model.ModelConfig, seed: int) -> torch.Tensor:
