@@ -261,7 +261,11 @@ async def test_model_hot_swap_under_load_fails_no_request(
     repo.mkdir()
     rules = repo / RULES_MODEL
     shutil.copytree(settings.model_repo / RULES_MODEL, rules, symlinks=False)
-    settings = own_triton(worker_settings(settings), tmp_path, model_repo=repo)
+    # Small windows: a worker handed whole fetched batches otherwise scores the offered load
+    # as fast as it comes, and there would be no backlog (nor requests) during the swap.
+    settings = own_triton(
+        worker_settings(settings, window_max_events=16), tmp_path, model_repo=repo
+    )
     await prepare(settings)
     await asyncio.to_thread(local.start_triton, settings, 60.0)
     now_ms = int(time.time() * 1000)
