@@ -1,7 +1,7 @@
 """Every use of Faust internals, in one place, for the faust-streaming version it was read on.
 
 The worker relies on Faust for its consumer, its table and the table's changelog recovery.
-Five things Faust does not let us configure are done here, each through the narrowest hook
+Six things Faust does not let us configure are done here, each through the narrowest hook
 Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.1):
 
 1. The consumer's fetch wait. faust-streaming creates its aiokafka consumer with
@@ -29,17 +29,28 @@ Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.
    which partition's database a read or write goes to. `in_partition_of` makes a chosen event
    current for the duration of one access.
 
-4. Leaving a window unacknowledged. `Stream.take_events` acknowledges every event of a
-   window when the body that handled it ends, by an exception or a cancellation too, and
-   acknowledged offsets get committed. `withhold_acks` marks the window's messages as
-   already acknowledged, which makes that acknowledgement a no-op for the consumer: their
-   offsets are never committed, and the next start reads them again. At shutdown, Faust's
-   consumer also waits for every message handed to a stream to be acknowledged (its
-   `wait_empty`), including those still buffered behind the unfinished window:
-   `withhold_unfinished` marks those the same way, so the shutdown ends, committing only
-   what was really done.
+4. Whole fetched batches for the events topic. Faust hands each record to its stream on
+   its own: two asyncio tasks per record in `Consumer._drain_messages` (`wait_first`), the
+   conductor's callback, an `Event`, a queue put and get, `take_events`' buffer, one ack
+   per record; about 250 µs of one core per event, most of the worker's CPU
+   (docs/flamegraphs/). `_Consumer._wait_next_records` takes the records of the topics a
+   `BatchDelivery` names out of each fetch, whole, and queues them for the agent; Faust's
+   fetch, its flow control and everything it reads for itself (the table's changelog during
+   recovery) are unchanged. Offsets are acknowledged through Faust's own bookkeeping only
+   after the agent's window is done (`DeliveredWindow.ack`), so Faust commits exactly what it
+   would have committed for the same events; while a window is in flight, one Faust message
+   per partition stands for it among the consumer's unacknowledged messages, so a rebalance
+   waits for the window (`Consumer.wait_empty`) as it would for a stream. A batch fetched
+   before a rebalance is dropped unprocessed: Faust seeks every partition back to its
+   committed offset after the rebalance, so its records are read again.
 
-5. A stop request before Faust's shutdown. Faust's worker stops on SIGTERM/SIGINT by waiting
+5. Leaving a window unacknowledged at shutdown. Faust's consumer waits for every message it
+   tracks to be acknowledged (its `wait_empty`), including the unfinished window's stand-ins
+   and anything buffered behind it. `withhold_unfinished` marks those messages as already
+   acknowledged, which makes an acknowledgement a no-op for the consumer: their offsets are
+   never committed, the shutdown ends, and the next start reads them again.
+
+6. A stop request before Faust's shutdown. Faust's worker stops on SIGTERM/SIGINT by waiting
    for the streams to empty; a window that waits out a fault would hold that forever.
    `StopAwareWorker` sets an asyncio event first, which the worker's retries observe.
 
@@ -50,9 +61,12 @@ so an upgrade of Faust fails loudly at start instead of losing events quietly.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -62,6 +76,8 @@ from faust.streams import _current_event
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
 
 # The versions whose internals this module was read against. Change them only after reading
 # the three hooks above in the new version's source and running the fault suite.
@@ -98,6 +114,14 @@ class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
+        records, active = await super()._wait_next_records(timeout)
+        delivery: BatchDelivery | None = self.app.batch_delivery
+        # A fetch made while the flow is stopped goes on to Faust, which drops it and seeks.
+        if records and delivery is not None and self.flow_active:
+            await delivery.divert(self, records, active)
+        return records, active
+
 
 class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
     Consumer = _Consumer
@@ -108,6 +132,7 @@ class ClickscoreApp(faust.App):  # type: ignore[misc]
 
     def __init__(self, *args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.batch_delivery: BatchDelivery | None = None
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> _Transport:
@@ -149,15 +174,117 @@ def in_partition_of(event: faust.EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-# --- 4. a window left unacknowledged ----------------------------------------------------------
+# --- 4. whole fetched batches for the events topic ---------------------------------------------
 
 
-def withhold_acks(events: Iterable[faust.EventT]) -> None:
-    """Keep these events' offsets from being committed by take_events' acknowledgement."""
-    for event in events:
-        # Message.ack returns early for a message already marked: the consumer never
-        # records the offset, so commits stop below it.
-        event.message.acked = True
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    tp: TP
+    records: Sequence[Any]  # aiokafka ConsumerRecords, in offset order
+    generation_id: int
+
+
+class DeliveredWindow:
+    """Records of one or more fetched batches, in offset order per partition, to be acked."""
+
+    def __init__(self, consumer: Any, batches: Sequence[_Batch]) -> None:
+        self._consumer = consumer
+        self.records: list[Any] = [r for b in batches for r in b.records]
+        first: dict[TP, int] = {}
+        last: dict[TP, Any] = {}
+        for batch in batches:
+            first.setdefault(batch.tp, batch.records[0].offset)
+            last[batch.tp] = batch.records[-1]
+        self._first = first
+        # One Faust message per partition stands for the window until it is acked.
+        self._standing = {tp: consumer._to_message(tp, record) for tp, record in last.items()}
+        now = time.monotonic()
+        inbound = consumer.app.monitor.stream_inbound_time
+        for tp, message in self._standing.items():
+            consumer.track_message(message)
+            # What a stream records per event: Faust's stall check (`verify_event_path`)
+            # would otherwise report these partitions as never processed.
+            inbound[tp] = now
+
+    def events(self, app: faust.App) -> list[faust.EventT]:
+        """One Faust event per partition, for `in_partition_of`."""
+        return [faust.Event(app, m.key, m.value, m.headers, m) for m in self._standing.values()]
+
+    def ack(self) -> None:
+        """Acknowledge every record: Faust commits them at its next commit."""
+        consumer = self._consumer
+        for tp, message in self._standing.items():
+            offsets = range(self._first[tp], message.offset)
+            with ack_lock:  # the bookkeeping `Consumer.ack` does, for a range of offsets
+                committed = consumer._committed_offset[tp]
+                index = consumer._acked_index[tp]
+                fresh = [
+                    o for o in offsets if (committed is None or o >= committed) and o not in index
+                ]
+                index.update(fresh)
+                consumer._acked[tp].extend(fresh)
+                consumer._n_acked += len(fresh)
+            consumer.ack(message)  # the last offset, and wakes whoever waits for acks
+
+
+class BatchDelivery:
+    """The records of `topics`, fetched batches at a time, at most about `max_queued` waiting."""
+
+    def __init__(self, app: ClickscoreApp, topics: Sequence[str], max_queued: int) -> None:
+        self._app = app
+        self._topics = frozenset(topics)
+        self._max_queued = max_queued
+        self._queue: deque[_Batch] = deque()
+        self._queued = 0
+        self._changed = asyncio.Event()
+        app.batch_delivery = self
+
+    async def divert(self, consumer: Any, records: dict[TP, Any], active: set[TP] | None) -> None:
+        """Take this delivery's records out of `records` (a fetch) and queue them."""
+        generation = self._app.consumer_generation_id
+        for tp in [tp for tp in records if tp.topic in self._topics]:
+            batch = records.pop(tp)
+            # Faust's `getmany` filter: a paused partition's records are not handed on.
+            if not batch or not (
+                active is None or tp in active or tp in consumer._buffered_partitions
+            ):
+                continue
+            while self._queued >= self._max_queued:  # back-pressure: the fetcher waits
+                self._changed.clear()
+                await self._changed.wait()
+            self._queue.append(_Batch(tp, batch, generation))
+            self._queued += len(batch)
+            consumer._read_offset[tp] = batch[-1].offset
+            self._changed.set()
+
+    async def windows(self, max_events: int) -> AsyncIterator[DeliveredWindow]:
+        """Everything queued, up to `max_events` at a time; waits only when nothing is."""
+        consumer = self._app.consumer
+        while True:
+            while not self._queue:
+                self._changed.clear()
+                await self._changed.wait()
+            taken: list[_Batch] = []
+            count = 0
+            while self._queue and count < max_events:
+                batch = self._queue.popleft()
+                self._queued -= len(batch.records)
+                if batch.generation_id != self._app.consumer_generation_id:
+                    continue  # fetched before a rebalance: read again from the committed offset
+                room = max_events - count
+                if len(batch.records) > room:
+                    rest = _Batch(batch.tp, batch.records[room:], batch.generation_id)
+                    self._queue.appendleft(rest)
+                    self._queued += len(rest.records)
+                    batch = _Batch(batch.tp, batch.records[:room], batch.generation_id)
+                taken.append(batch)
+                count += len(batch.records)
+            self._changed.set()
+            if taken:
+                yield DeliveredWindow(consumer, taken)
+
+
+# --- 5. a window left unacknowledged at shutdown ----------------------------------------------
 
 
 def withhold_unfinished(app: faust.App) -> None:
@@ -166,7 +293,7 @@ def withhold_unfinished(app: faust.App) -> None:
         message.acked = True
 
 
-# --- 5. a stop request before Faust's shutdown --------------------------------------------------
+# --- 6. a stop request before Faust's shutdown --------------------------------------------------
 
 
 class StopAwareWorker(faust.Worker):  # type: ignore[misc]

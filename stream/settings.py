@@ -167,6 +167,9 @@ class EventSettings(CoreSettings):
 
     sequence_length: int = Field(64, ge=2, description="Events kept per user and sent to Triton.")
     max_payload_bytes: int = Field(16_384, ge=256, description="Largest accepted event.")
+    max_batch_events: int = Field(
+        500, ge=1, description="Most events in one batch message (a JSON array of events)."
+    )
     max_event_age_s: int = Field(
         30 * 86_400, ge=1, description="Oldest accepted event timestamp, before now."
     )
@@ -189,7 +192,9 @@ class WorkerSettings(
     batch_size: int = Field(
         256, ge=1, description="Most sequences in one Triton request (a window may send several)."
     )
-    flush_delay_ms: int = Field(20, ge=1, description="Longest wait before a window is scored.")
+    flush_delay_ms: int = Field(
+        20, ge=1, description="`bench faust` only: its Faust-stream window wait."
+    )
 
     # --- Alert thresholds ----------------------------------------------------------------
     # The served version's own threshold wins: the trainer picks it on validation data for
@@ -255,7 +260,7 @@ class WorkerSettings(
         20, ge=0, description="Longest the broker may hold a fetch that finds no records."
     )
     stream_buffer_maxsize: int = Field(
-        4096, ge=1, description="Events buffered per partition before consumption pauses."
+        4096, ge=1, description="Fetched events waiting for the worker before fetching pauses."
     )
     worker_web_port: int = Field(6066, description="Faust's port; distinct per worker on a host.")
     metrics_port: int = Field(

@@ -4,7 +4,8 @@
   one producer writes them (what the worker could consume if it did nothing else).
 - faust: how fast a Faust agent built like the worker's (the same app settings, one stream
   read in windows with `take_events`) receives those records when it does nothing with
-  them: the cost of Faust's per-message delivery, which every worker event pays.
+  them: the cost of Faust's per-message delivery; with `--batches`, the same through the
+  worker's `BatchDelivery` (what the worker pays per event since it reads whole batches).
 - triton: sequences/s and request latency of the served model through Triton's gRPC API, for
   each (batch size, concurrency): `concurrency` closed-loop clients each send a request of
   `batch` sequences, wait for its answer, and send the next, for a fixed time. The same
@@ -121,10 +122,15 @@ async def _produce_events(settings: Settings, topic: str, records: int) -> None:
         await producer.stop()
 
 
-def faust_ceiling(settings: Settings, records: int) -> FaustCeiling:
-    """Runs a Faust worker in this process until it has received `records` events."""
+def faust_ceiling(settings: Settings, records: int, *, batches: bool = False) -> FaustCeiling:
+    """Runs a Faust worker in this process until it has received `records` events.
+
+    By default through the agent's stream, Faust's per-record delivery; with `batches`,
+    through the worker's `BatchDelivery` (whole fetched batches, acked per window).
+    """
     import faust
 
+    from stream.faust_ext import BatchDelivery
     from stream.worker.app import create_app
 
     settings = settings.for_run(f"bench-faust-{uuid.uuid4().hex[:8]}", table_store="memory://")
@@ -135,19 +141,32 @@ def faust_ceiling(settings: Settings, records: int) -> FaustCeiling:
     seen, began = [0], [0.0, 0.0]
     result: list[FaustCeiling] = []
     stopping: list[asyncio.Future[None]] = []
+    delivery = (
+        BatchDelivery(app, [settings.topic_events], settings.stream_buffer_maxsize)
+        if batches
+        else None
+    )
+
+    def received(count: int) -> None:
+        if not seen[0]:  # from the first window: group join stays out of the figure
+            began[:] = [time.perf_counter(), time.process_time()]
+        seen[0] += count
+        if seen[0] >= records and not result:
+            wall = time.perf_counter() - began[0]
+            cpu = time.process_time() - began[1]
+            result.append(FaustCeiling(seen[0], seen[0] / wall, cpu / wall))
+            stopping.append(asyncio.ensure_future(worker.stop()))
 
     @app.agent(topic)  # type: ignore[untyped-decorator]
     async def receive(stream: faust.StreamT[bytes]) -> None:
+        if delivery is not None:
+            async for window in delivery.windows(settings.window_max_events):
+                received(len(window.records))
+                window.ack()
+            return
         windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
         async for events in windows:
-            if not seen[0]:  # from the first window: group join stays out of the figure
-                began[:] = [time.perf_counter(), time.process_time()]
-            seen[0] += len(events)
-            if seen[0] >= records and not result:
-                wall = time.perf_counter() - began[0]
-                cpu = time.process_time() - began[1]
-                result.append(FaustCeiling(seen[0], seen[0] / wall, cpu / wall))
-                stopping.append(asyncio.ensure_future(worker.stop()))
+            received(len(events))
 
     with contextlib.suppress(SystemExit):  # how a mode worker ends once stopped
         worker.execute_from_commandline()

@@ -4,14 +4,18 @@
 latency` its latency at offered rates (stream/bench/latency.py); `bench table` the user
 table at 10k-1M users (stream/bench/scaling.py); `bench silent` the silent-user index at
 10k-1M users (stream/bench/silent.py); `bench broker`, `bench faust` and `bench
-triton` measure the ceilings under it (stream/bench/ceilings.py).
+triton` measure the ceilings under it (stream/bench/ceilings.py); `bench gpu` the served
+model through Triton against its in-process ceiling (stream/bench/gpu.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import uuid
+from pathlib import Path
 
 from stream.bench.worker import bench_worker, describe_machine
 from stream.settings import Settings
@@ -19,13 +23,31 @@ from stream.settings import Settings
 
 def _bench_command(settings: Settings, args: argparse.Namespace) -> int:
     settings = settings.model_copy(update={"table_store": args.store})
-    result = asyncio.run(bench_worker(settings, args.users, args.days, args.seed, args.timeout))
+    result = asyncio.run(
+        bench_worker(
+            settings,
+            args.users,
+            args.days,
+            args.seed,
+            args.timeout,
+            flamegraph=args.flamegraph,
+            workers=args.workers,
+        )
+    )
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
+        return 0
     print(f"machine:      {describe_machine()}")
     print(f"events:       {result.events} from {result.users} synthetic users")
+    print(f"workers:      {result.workers} in one consumer group")
     print(f"produce:      {result.produce_s:.1f} s")
     print(f"start-up:     {result.startup_s:.1f} s (worker start to first score)")
     print(f"scoring:      {result.scoring_s:.1f} s")
     print(f"throughput:   {result.events_per_s:,.0f} events/s end to end")
+    print(
+        f"worker CPU:   {result.worker_cpu_us_per_event:,.1f} µs per event "
+        f"({result.worker_cpu_share:.0%} of one core while scoring; Triton not included)"
+    )
     if result.peak_rss_bytes is not None:
         print(f"worker peak:  {result.peak_rss_bytes / 2**20:,.0f} MiB resident")
     return 0
@@ -49,10 +71,13 @@ def _broker_command(settings: Settings, args: argparse.Namespace) -> int:
 def _faust_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.ceilings import faust_ceiling
 
-    result = faust_ceiling(settings, args.records)
+    result = faust_ceiling(settings, args.records, batches=args.batches)
+    how = "whole fetched batches (BatchDelivery)" if args.batches else "Faust's stream"
     print(f"machine:  {describe_machine()}")
     print(f"records:  {result.records:,} events, the worker's Faust settings, no processing")
+    print(f"through:  {how}")
     print(f"received: {result.events_per_s:,.0f} events/s at {result.cpu_share:.0%} of one core")
+    print(f"CPU:      {result.cpu_share / result.events_per_s * 1e6:,.1f} µs per event")
     return 0
 
 
@@ -69,6 +94,41 @@ def _triton_command(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"| {p.batch} | {p.concurrency} | {p.requests} | {p.sequences_per_s:,.0f} "
             f"| {p.p50_ms:.1f} | {p.p99_ms:.1f} |"
+        )
+    return 0
+
+
+def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.gpu import gpu_bench
+
+    result = asyncio.run(
+        gpu_bench(settings, args.batches, args.concurrency, args.seconds, args.repeats, args.device)
+    )
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
+        return 0
+    print(f"machine: {describe_machine()}")
+    print(
+        f"model '{settings.triton_model}' version {result.version}; in process on "
+        f"{result.device} ({result.dtype}, median of {args.repeats}); Triton at "
+        f"{settings.triton_grpc_url} (max_batch_size {result.max_batch_size}), best of "
+        f"concurrency {','.join(map(str, args.concurrency))}, {args.seconds:g} s per point\n"
+    )
+    print(
+        "| batch | in process ms | in process sequences/s | Triton sequences/s "
+        "| at concurrency | Triton p50 ms | Triton / in process |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for point in result.ceiling:
+        best = result.best_triton(point.batch)
+        served = (
+            f"{best.sequences_per_s:,.0f} | {best.concurrency} | {best.p50_ms:.1f} "
+            f"| {best.sequences_per_s / point.sequences_per_s:.0%}"
+            if best is not None
+            else "above max_batch_size | | |"
+        )
+        print(
+            f"| {point.batch:,} | {point.median_ms:.2f} | {point.sequences_per_s:,.0f} | {served} |"
         )
     return 0
 
@@ -168,6 +228,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "faust", help="events/s a Faust agent receives when it does nothing with them"
     )
     faust.add_argument("--records", type=int, default=100_000)
+    faust.add_argument(
+        "--batches", action="store_true", help="through the worker's whole-batch delivery"
+    )
     faust.set_defaults(handler=_faust_command)
     triton = targets.add_parser(
         "triton", help="sequences/s and latency of the served model by batch and concurrency"
@@ -176,12 +239,44 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     triton.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 32])
     triton.add_argument("--seconds", type=float, default=3.0, help="per point")
     triton.set_defaults(handler=_triton_command)
+    gpu = targets.add_parser(
+        "gpu", help="the served model through Triton against its in-process ceiling, one run"
+    )
+    gpu.add_argument("--batches", type=_int_list, default=[1, 256, 1024, 4096, 8192])
+    gpu.add_argument("--concurrency", type=_int_list, default=[1, 2, 4])
+    gpu.add_argument("--seconds", type=float, default=3.0, help="per Triton point")
+    gpu.add_argument("--repeats", type=int, default=30, help="in-process calls per batch")
+    gpu.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto")
+    gpu.add_argument(
+        "--compile", action="store_true", help="torch.compile score() in process (GPU only)"
+    )
+    gpu.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="first reload the served model with this config.pbtxt (e.g. config.gpu.pbtxt)",
+    )
+    gpu.add_argument("--json", action="store_true", help="print one JSON object")
+    gpu.set_defaults(handler=_gpu_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
     worker.add_argument("--users", type=int, default=2000)
     worker.add_argument("--days", type=int, default=7)
     worker.add_argument("--seed", type=int, default=0)
     worker.add_argument("--store", default="memory://", help="the worker's table store")
     worker.add_argument("--timeout", type=float, default=600.0)
+    worker.add_argument("--json", action="store_true", help="print one JSON object")
+    worker.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="run this many workers in one group, joined before the backlog is sent",
+    )
+    worker.add_argument(
+        "--flamegraph",
+        type=Path,
+        default=None,
+        help="record the worker with py-spy into this SVG (needs py-spy, the [dev] extra)",
+    )
     worker.set_defaults(handler=_bench_command)
     table = targets.add_parser(
         "table", help="memory and per-event cost of the user table at 10k to 1M users"

@@ -1,6 +1,8 @@
 """The clickstream event contract: parse raw Kafka bytes into an `Event` or a `Rejection`.
 
-Wire format: one JSON object per message.
+Wire format: one JSON object per message (one event), or a JSON array of such objects (a
+batch of one user's events, as collectors that batch per request send them; every event
+is validated on its own, and a rejection names its index in the array).
 
     required  event_id  str | int        unique per event; used to drop at-least-once duplicates
               user_id   str | int
@@ -36,6 +38,7 @@ TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # ts too old or too far in th
 OVERSIZED_PAYLOAD = "oversized_payload"  # raw message over the byte limit (checked unparsed)
 OVERSIZED_FIELD = "oversized_field"  # a string too long, or properties too big or too deep
 BAD_NUMBER = "bad_number"  # price negative or absurd
+EMPTY_BATCH = "empty_batch"  # a batch (JSON array) with no events
 
 REASONS: tuple[str, ...] = (
     BAD_JSON,
@@ -48,6 +51,7 @@ REASONS: tuple[str, ...] = (
     OVERSIZED_PAYLOAD,
     OVERSIZED_FIELD,
     BAD_NUMBER,
+    EMPTY_BATCH,
 )
 
 MAX_PRICE = 1e9
@@ -74,6 +78,7 @@ class Event:
 class Rejection:
     reason: str
     detail: str
+    index: int | None = None  # the event's position in a batch message; None for one event
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,8 @@ class ValidationLimits:
     max_properties_bytes: int = 4_096
     max_age_s: int = 30 * 86_400
     max_future_s: int = 300
+    # A batch message may hold this many events and be this many times max_payload_bytes.
+    max_batch_events: int = 500
 
 
 class _Reject(Exception):
@@ -180,6 +187,10 @@ def _parse(raw: bytes, now_ms: int, limits: ValidationLimits) -> Event:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _Reject(BAD_JSON, str(exc)[:80]) from None
+    return _from_object(obj, now_ms, limits)
+
+
+def _from_object(obj: object, now_ms: int, limits: ValidationLimits) -> Event:
     if not isinstance(obj, dict):
         raise _Reject(NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
 
@@ -214,6 +225,43 @@ def parse_event(raw: bytes, now_ms: int, limits: ValidationLimits) -> Event | Re
         return _parse(raw, now_ms, limits)
     except _Reject as rejected:
         return Rejection(rejected.reason, rejected.detail)
+
+
+def is_batch(raw: bytes) -> bool:
+    """Whether a message is a batch (a JSON array), from its first byte."""
+    first = raw[:1]
+    if first in (b" ", b"\t", b"\r", b"\n"):
+        first = raw.lstrip()[:1]
+    return first == b"["
+
+
+def parse_message(raw: bytes, now_ms: int, limits: ValidationLimits) -> list[Event | Rejection]:
+    """Validate one message: one event, or a batch (a JSON array) of events. Never raises.
+
+    A batch gives one result per element, in order; each rejection carries its index. A
+    batch that cannot be read at all (bad JSON, empty, too big) gives one rejection.
+    """
+    if not is_batch(raw):
+        return [parse_event(raw, now_ms, limits)]
+    limit = limits.max_payload_bytes * limits.max_batch_events
+    if len(raw) > limit:
+        return [Rejection(OVERSIZED_PAYLOAD, f"batch of {len(raw)} bytes, limit {limit}")]
+    try:
+        elements = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [Rejection(BAD_JSON, str(exc)[:80])]
+    if not elements:
+        return [Rejection(EMPTY_BATCH, "the batch holds no events")]
+    if len(elements) > limits.max_batch_events:
+        detail = f"batch of {len(elements)} events, limit {limits.max_batch_events}"
+        return [Rejection(OVERSIZED_PAYLOAD, detail)]
+    results: list[Event | Rejection] = []
+    for index, element in enumerate(elements):
+        try:
+            results.append(_from_object(element, now_ms, limits))
+        except _Reject as rejected:
+            results.append(Rejection(rejected.reason, rejected.detail, index))
+    return results
 
 
 def event_to_json(event: Event) -> bytes:

@@ -54,6 +54,11 @@ from stream.stack import local, postgres, process
 from stream.stack.process import free_port, spawn_command
 
 LATENCY_SOURCE = "from the demo sending the event to its score in Kafka"
+# Events/s offered by default: below half of the saturation measured with one worker on a
+# shared two-core machine, the transformer on the CPU (BENCHMARKS.md, "Latency at offered
+# rates, after the change", and "Demo": the demo's users have full sequences), so the live
+# view shows the pipeline's latency, not a queue. `--rate` offers more.
+DEFAULT_RATE = 400.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class DemoOptions:
     seed: int = 0
     keep_running: bool = False
     timeout_s: float = 300.0  # for scoring to finish, on top of the paced replay's own time
-    rate: float = 2000.0  # events/s; 0 sends as fast as possible
+    rate: float = DEFAULT_RATE  # events/s; 0 sends as fast as possible
     report_root: Path = Path("reports")
     dataset: tuple[str, Path] | None = None  # (format, path): real data instead of synthetic
     max_events: int = 50_000  # of a dataset, the earliest this many

@@ -54,6 +54,8 @@ def dead_letter_record(
         ("clickscore.source.partition", str(message.partition).encode()),
         ("clickscore.source.offset", str(message.offset).encode()),
     ]
+    if rejection.index is not None:  # one event of a batch message: which one
+        headers.append(("clickscore.batch.index", str(rejection.index).encode()))
     key, value = message.key, message.value
     if _size(key, headers) + len(value or b"") > max_request_bytes:
         key = key[:1024] if key is not None else None  # a hostile key can be huge too

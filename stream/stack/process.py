@@ -105,6 +105,16 @@ def peak_rss_bytes(record: ProcessRecord) -> int | None:
     return None
 
 
+def cpu_seconds(record: ProcessRecord) -> float | None:
+    """The process's own CPU time so far, user + system (fields 14 and 15 of its stat)."""
+    try:
+        stat = Path(f"/proc/{record.pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def is_alive(record: ProcessRecord) -> bool:
     _reap(record.pid)
     return _start_ticks(record.pid) == record.start_ticks

@@ -1,5 +1,11 @@
 """The worker's one agent: read windows of events and hand each to the scoring pipeline.
 
+Faust subscribes the consumer to the events topic for this agent, but its records reach the
+agent as whole fetched batches (`BatchDelivery`, stream/faust_ext.py), not one `Event` at a
+time through the agent's stream: Faust's per-record delivery cost more CPU than everything
+the worker does with an event. A window is what was fetched and is waiting, up to
+`window_max_events`.
+
 A window is acknowledged (its offsets become committable) only when the pipeline finished it.
 No message can stop the agent: a window that fails for a reason retrying cannot fix is
 processed again one message at a time, and the message that fails alone is dead-lettered
@@ -17,7 +23,7 @@ from typing import Any
 
 import faust
 
-from stream.faust_ext import withhold_acks, withhold_unfinished
+from stream.faust_ext import BatchDelivery, withhold_unfinished
 from stream.retry import Stopping
 from stream.settings import WorkerSettings
 from stream.worker.pipeline import ScoringPipeline
@@ -36,37 +42,33 @@ def register_agents(
     settings: WorkerSettings,
     on_start: Callable[[], Awaitable[None]],
 ) -> None:
+    delivery = BatchDelivery(app, [settings.topic_events], settings.stream_buffer_maxsize)
+
     @app.agent(topics.events, name="clickscore-score-events")  # type: ignore[untyped-decorator]
     async def score_events(stream: faust.StreamT[Any]) -> None:
         try:
             await on_start()  # connect to Triton and the database inside the running loop
         except Stopping:
             return  # stopped while waiting for Triton: no window was taken
-        windows = stream.take_events(settings.window_max_events, within=settings.flush_delay_s)
-        async for events in windows:
-            table.remember(events)
+        async for window in delivery.windows(settings.window_max_events):
+            table.remember(window.events(app))
             messages = [
                 Message(
-                    key=e.message.key,
-                    value=e.message.value,
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
+                    key=r.key, value=r.value, topic=r.topic, partition=r.partition, offset=r.offset
                 )
-                for e in events
+                for r in window.records
             ]
             try:
                 await _process(pipeline, messages)
             except Stopping:
-                withhold_acks(events)
                 withhold_unfinished(app)
                 _log_unfinished(messages)
                 return  # the worker is shutting down: take no further window
             except BaseException:  # cancelled by the shutdown, or a bug in the fallback
-                withhold_acks(events)
                 withhold_unfinished(app)
                 _log_unfinished(messages)
                 raise
+            window.ack()
 
 
 def _log_unfinished(messages: list[Message]) -> None:

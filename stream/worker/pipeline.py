@@ -67,6 +67,7 @@ def validation_limits(settings: WorkerSettings) -> ValidationLimits:
         max_payload_bytes=settings.max_payload_bytes,
         max_age_s=settings.max_event_age_s,
         max_future_s=settings.max_event_future_s,
+        max_batch_events=settings.max_batch_events,
     )
 
 

@@ -1,19 +1,23 @@
 """Fold one window of raw messages into per-user state: pure logic, no I/O.
 
-The worker reads a window of messages (up to `window_max_events`, or what arrived within
-`flush_delay_ms`), and this module turns it into what the window must write: the dead
+The worker reads a window of messages (what was fetched and is waiting, up to
+`window_max_events`), and this module turns it into what the window must write: the dead
 letters, and the new state of every user it touched. Each touched user is then scored
 once, on their state at the end of the window.
+
+A message is one event or a batch (a JSON array) of one user's events; each event is
+validated on its own, and a bad one is rejected with its index in the batch.
 
 No message can stop a window: a message without a value (a tombstone) is rejected as
 `null_value`, and any error while folding one message (a damaged stored state, a bug) rejects
 that message alone as `processing_error`; the rest of the window goes on.
 
 A message at or below the offset a user's state last applied (a re-read after a crash) is
-skipped whatever its event id: exactly once by offset. A user touched only by such messages
-or by duplicates (an at-least-once redelivery after a restart) is still scored: their state
-is unchanged, so the score and any alert are the same as before, and
-the sinks' idempotent keys absorb the repeat. Skipping them instead would lose the score
+skipped whatever its event ids: exactly once by offset. The offset is marked applied once
+the whole message is folded, so every event of a batch message counts. A user touched only
+by such messages or by duplicates (an at-least-once redelivery after a restart) is still
+scored: their state is unchanged, so the score and any alert are the same as before, and the
+sinks' idempotent keys absorb the repeat. Skipping them instead would lose the score
 of a window that crashed after its table write but before its sinks.
 """
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stream.contract.events import Event, Rejection, ValidationLimits, parse_event
+from stream.contract.events import Event, Rejection, ValidationLimits, is_batch, parse_message
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
 
@@ -70,16 +74,15 @@ def fold(
     window = Window()
     for message in messages:
         try:
-            rejection = _fold_one(window, message, load_state, vocab, max_len, limits, now_ms)
+            rejections = _fold_message(window, message, load_state, vocab, max_len, limits, now_ms)
         except Exception as exc:  # one message must not take its window down
             detail = f"{type(exc).__name__}: {str(exc)[:200]}"
-            rejection = Rejection(PROCESSING_ERROR, detail)
-        if rejection is not None:
-            window.rejected.append((message, rejection))
+            rejections = [Rejection(PROCESSING_ERROR, detail)]
+        window.rejected += [(message, rejection) for rejection in rejections]
     return window
 
 
-def _fold_one(
+def _fold_message(
     window: Window,
     message: Message,
     load_state: Callable[[str, int], UserState | None],
@@ -87,35 +90,49 @@ def _fold_one(
     max_len: int,
     limits: ValidationLimits,
     now_ms: int,
-) -> Rejection | None:
+) -> list[Rejection]:
     if message.value is None:
-        return Rejection(NULL_VALUE, "message has no value (a tombstone); events carry JSON")
-    parsed = parse_event(message.value, now_ms, limits)
-    if isinstance(parsed, Rejection):
-        return parsed
-    if message.key != parsed.user_id.encode():
-        # Per-user state lives in the partition of the user's key: a message keyed
-        # otherwise would split that user's sequence across workers.
-        return Rejection(KEY_MISMATCH, "message key differs from user_id; key events by user_id")
-    user = parsed.user_id
-    state = window.states.get(user)
-    if state is None:
-        state = load_state(user, message.partition)
-    if state is not None and state.has_applied(message.partition, message.offset):
-        window.states[user] = state
+        return [Rejection(NULL_VALUE, "message has no value (a tombstone); events carry JSON")]
+    batch = is_batch(message.value)
+    rejections: list[Rejection] = []
+    # Per user of this message: whether their state had already applied it (a re-read).
+    replayed: dict[str, bool] = {}
+    for index, parsed in enumerate(parse_message(message.value, now_ms, limits)):
+        if isinstance(parsed, Rejection):
+            rejections.append(parsed)
+            continue
+        if message.key != parsed.user_id.encode():
+            # Per-user state lives in the partition of the user's key: a message keyed
+            # otherwise would split that user's sequence across workers.
+            detail = "message key differs from user_id; key events by user_id"
+            rejections.append(Rejection(KEY_MISMATCH, detail, index if batch else None))
+            continue
+        user = parsed.user_id
+        state = window.states.get(user)
+        if state is None:
+            state = load_state(user, message.partition)
+        if user not in replayed:
+            replayed[user] = state is not None and state.has_applied(
+                message.partition, message.offset
+            )
+            if not replayed[user]:
+                window.messages.setdefault(user, []).append(message)
         window.partitions[user] = message.partition
-        window.replayed += 1
-        return None
-    state, changed = apply_event(state, parsed, vocab, max_len)
-    state.mark_applied(message.partition, message.offset)
-    window.states[user] = state
-    window.partitions[user] = message.partition
-    window.messages.setdefault(user, []).append(message)
-    window.events += 1
-    if changed:
-        newest = window.newest_event.get(user)
-        if newest is None or parsed.ts_ms >= newest.ts_ms:
-            window.newest_event[user] = parsed
-    else:
-        window.duplicates += 1
-    return None
+        if replayed[user]:
+            assert state is not None
+            window.states[user] = state
+            window.replayed += 1
+            continue
+        state, changed = apply_event(state, parsed, vocab, max_len)
+        window.states[user] = state
+        window.events += 1
+        if changed:
+            newest = window.newest_event.get(user)
+            if newest is None or parsed.ts_ms >= newest.ts_ms:
+                window.newest_event[user] = parsed
+        else:
+            window.duplicates += 1
+    for user, was_applied in replayed.items():
+        if not was_applied:
+            window.states[user].mark_applied(message.partition, message.offset)
+    return rejections

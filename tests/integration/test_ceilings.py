@@ -1,8 +1,9 @@
-"""`clickscore bench broker | faust | triton | latency` against the real services (figures
+"""`clickscore bench broker | faust | triton | gpu | latency` against the real services (figures
 are not asserted: these machines are noisy; the commands must work and count what they did)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 
 from stream.bench.ceilings import broker_ceiling, sample_tokens, triton_grid
+from stream.bench.gpu import gpu_bench
 from stream.bench.latency import measure_rate, rate_events
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.synthetic import SyntheticConfig, generate
+from stream.db import migrate
 from stream.settings import Settings
 from tests.support.checks import prepare, worker_settings
 
@@ -41,10 +44,11 @@ async def test_triton_grid_measures_every_point(stack_settings: Settings) -> Non
         assert p.sequences_per_s > 0 and 0 < p.p50_ms <= p.p99_ms
 
 
-def test_faust_ceiling_receives_every_record(settings: Settings) -> None:
+@pytest.mark.parametrize("through", [[], ["--batches"]])
+def test_faust_ceiling_receives_every_record(settings: Settings, through: list[str]) -> None:
     # A Faust worker owns its process's event loop and signals: run the command as a child.
     env = {**os.environ, **settings.as_environment()}
-    argv = [sys.executable, "-m", "stream.cli", "bench", "faust", "--records", "3000"]
+    argv = [sys.executable, "-m", "stream.cli", "bench", "faust", "--records", "3000", *through]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     received = re.search(r"received: ([\d,]+) events/s at (\d+)% of one core", done.stdout)
@@ -63,3 +67,66 @@ async def test_latency_bench_measures_an_offered_rate(settings: Settings) -> Non
     assert 0 < p50 <= p95 <= p99
     assert point.window_events > 0
     assert {"fold", "score", "results", "table"} <= set(point.stage_ms)
+
+
+async def test_gpu_bench_sets_triton_against_the_in_process_ceiling(
+    stack_settings: Settings,
+) -> None:
+    # On the CPU with tiny sizes: the same code a GPU run takes, but the device.
+    result = await gpu_bench(
+        stack_settings, [1, 4, 512], [1, 2], seconds=0.3, repeats=3, device="cpu"
+    )
+    assert (result.device, result.dtype) == ("cpu", "float32")
+    assert [p.batch for p in result.ceiling] == [1, 4, 512]
+    assert all(p.median_ms > 0 and p.sequences_per_s > 0 for p in result.ceiling)
+    # 512 is above the CPU config's max_batch_size (256): measured in process only.
+    assert result.max_batch_size == 256
+    assert sorted({(p.batch, p.concurrency) for p in result.triton}) == [
+        (1, 1),
+        (1, 2),
+        (4, 1),
+        (4, 2),
+    ]
+    best = result.best_triton(4)
+    assert best is not None and best.requests > 0
+    assert result.best_triton(512) is None
+
+
+def test_bench_gpu_command_prints_one_row_per_batch(stack_settings: Settings) -> None:
+    # --config reloads the served model through the repository API; the CPU config here,
+    # as a GPU run passes config.gpu.pbtxt.
+    config = stack_settings.model_repo / stack_settings.triton_model / "config.pbtxt"
+    argv = [sys.executable, "-m", "stream.cli", "bench", "gpu", "--device", "cpu"]
+    argv += ["--config", str(config)]
+    argv += ["--batches", "1,2", "--concurrency", "1", "--seconds", "0.2", "--repeats", "2"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
+    done = subprocess.run(
+        argv, env=env | stack_settings.as_environment(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
+    assert len(rows) == 2, done.stdout
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_bench_worker_reports_throughput_and_the_workers_cpu_per_event(
+    settings: Settings, workers: int | None
+) -> None:
+    settings = worker_settings(settings)
+    migrate.upgrade(settings)  # the bench makes its own topics, not the database
+    argv = [sys.executable, "-m", "stream.cli", "bench", "worker", "--json"]
+    argv += ["--users", "30", "--days", "2", "--timeout", "240"]
+    argv += ["--workers", str(workers)] if workers else []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
+    done = subprocess.run(
+        argv, env=env | settings.as_environment(), capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["workers"] == (workers or 1)
+    assert result["events"] > 0 and result["events_per_s"] > 0
+    assert result["worker_cpu_us_per_event"] > 0 and result["worker_cpu_s"] > 0

@@ -94,7 +94,9 @@ def post_json(url: str, body: dict[str, object], timeout_s: float = 120) -> None
 async def test_repeated_sigkill_loses_and_duplicates_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
-    settings = worker_settings(settings)  # memory store: every restart restores the changelog
+    # Memory store: every restart restores the changelog. Small windows: a worker handed
+    # whole fetched batches would otherwise finish each chunk in one window before a kill.
+    settings = worker_settings(settings, window_max_events=64)
     await prepare(settings)
     now_ms = int(time.time() * 1000)
     traffic = build_traffic(now_ms, users=scale(300, 3000))
@@ -262,7 +264,11 @@ async def test_model_hot_swap_under_load_fails_no_request(
     repo.mkdir()
     rules = repo / RULES_MODEL
     shutil.copytree(settings.model_repo / RULES_MODEL, rules, symlinks=False)
-    settings = own_triton(worker_settings(settings), tmp_path, model_repo=repo)
+    # Small windows: a worker handed whole fetched batches otherwise scores the offered load
+    # as fast as it comes, and there would be no backlog (nor requests) during the swap.
+    settings = own_triton(
+        worker_settings(settings, window_max_events=16), tmp_path, model_repo=repo
+    )
     await prepare(settings)
     await asyncio.to_thread(local.start_triton, settings, 60.0)
     now_ms = int(time.time() * 1000)

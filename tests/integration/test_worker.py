@@ -183,3 +183,80 @@ async def test_triton_outage_pauses_scoring_without_committing_past_it(
     assert counts == dict(traffic.events_per_user)
     result = await tally(settings, "Triton outage", dict(traffic.events_per_user))
     assert (result.lost, result.duplicated) == (0, 0)
+
+
+async def test_batch_messages_score_their_events_and_dead_letter_the_bad_ones_by_index(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = worker_settings(settings)
+    await prepare(settings)
+    now_ms = int(time.time() * 1000)
+
+    def event(user: str, n: int) -> dict[str, object]:
+        return {
+            "event_id": f"{user}-{n}",
+            "user_id": user,
+            "ts": now_ms - 60_000 + n,
+            "event_type": "view",
+        }
+
+    # Per user: one batch of five events, its third unusable; then one plain event.
+    users = [f"batch-user-{u}" for u in range(20)]
+    records: list[tuple[bytes | None, bytes]] = []
+    for user in users:
+        batch = [event(user, n) for n in range(5)]
+        batch[2] = {**batch[2], "ts": "not a time"}
+        records.append((user.encode(), orjson.dumps(batch)))
+        records.append((user.encode(), orjson.dumps(event(user, 5))))
+    records.append((b"batch-user-0", b"[]"))
+    await produce(settings, settings.topic_events, records)
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        counts = await wait_until_scored(settings, {user: 5 for user in users}, worker)
+    finally:
+        worker.stop()
+
+    assert counts == {user: 5 for user in users}
+    dead = await read_all(settings, settings.topic_dead_letter, until=len(users) + 1)
+    headers = [dict(r.headers) for r in dead]
+    by_index = sorted(
+        (h["clickscore.reason"].decode(), h.get("clickscore.batch.index")) for h in headers
+    )
+    assert by_index == [("bad_timestamp", b"2")] * len(users) + [("empty_batch", None)]
+    assert {r.value for r in dead} == {v for _, v in records if v.startswith(b"[")}
+
+
+async def test_a_second_worker_joining_mid_stream_loses_and_doubles_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Whole fetched batches cross a rebalance: batches fetched before it are dropped and
+    # read again from the committed offsets; nothing may be skipped or applied twice.
+    first_settings = worker_settings(settings, window_max_events=64)
+    second_settings = worker_settings(settings, window_max_events=64)
+    await prepare(first_settings)
+    traffic = build_traffic(now_ms=int(time.time() * 1000), users=300)
+    half = len(traffic.records) // 2
+    await produce(first_settings, first_settings.topic_events, traffic.records[:half])
+
+    first = WorkerProcess(first_settings, tmp_path / "first.log").start()
+    second = WorkerProcess(second_settings, tmp_path / "second.log")
+    try:
+        deadline = time.monotonic() + 90
+        while not await scored_event_counts(first_settings):
+            assert first.alive() and time.monotonic() < deadline, first.log_tail()
+            await asyncio.sleep(0.1)
+        second.start()  # joins while the first works through its backlog
+        await produce(first_settings, first_settings.topic_events, traffic.records[half:])
+        second.wait_ready()
+        counts = await wait_until_scored(first_settings, traffic, first, timeout_s=180)
+        assert second.alive(), second.log_tail()
+    finally:
+        first.stop()
+        second.stop()
+
+    assert counts == dict(traffic.events_per_user)
+    rows = await alert_rows(first_settings)
+    assert Counter((user, kind) for _, user, kind in rows) == expected_alerts(traffic)
+    for worker in (first, second):
+        assert "window failed" not in worker.log_path.read_text()

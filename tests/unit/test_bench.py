@@ -33,3 +33,15 @@ def test_table_bench_fills_and_folds(store: str) -> None:
     assert (point.store, point.users, point.sequence_bytes) == (store, 300, 64 * 6 * 2)
     assert point.state_bytes > point.sequence_bytes  # header and remembered ids on top
     assert point.update_us > 0 and point.fill_s >= 0
+
+
+def test_cpu_samples_are_read_between_samples() -> None:
+    from stream.bench.worker import CpuSamples
+    from stream.stack.process import ProcessRecord
+
+    samples = CpuSamples(ProcessRecord("w", 1, 0, [], "log"))
+    samples.times, samples.cpu = [10.0, 11.0, 13.0], [1.0, 1.5, 2.5]
+    assert samples.at(9.0) == 1.0  # before the first sample: the first
+    assert samples.at(10.5) == pytest.approx(1.25)
+    assert samples.at(12.0) == pytest.approx(2.0)
+    assert samples.at(20.0) == 2.5  # after the last: the last

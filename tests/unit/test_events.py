@@ -243,7 +243,7 @@ def test_zero_and_max_price_accepted() -> None:
 
 
 def test_every_reason_is_covered_and_documented() -> None:
-    assert len(set(events.REASONS)) == 10
+    assert len(set(events.REASONS)) == 11
     for code in events.REASONS:
         assert code.isidentifier() and code == code.lower()
 
@@ -477,3 +477,47 @@ def test_absurd_numeric_timestamps_are_refused_not_raised(ts: float) -> None:
     result = check_answer(raw)
     if isinstance(result, Event):
         assert NOW_MS - LIMITS.max_age_s * 1000 <= result.ts_ms <= NOW_MS + 300_000
+
+
+# --- batch messages: a JSON array of one user's events ----------------------------------------
+
+
+def test_one_event_per_message_is_still_one_result_without_an_index() -> None:
+    [result] = events.parse_message(orjson.dumps(payload()), NOW_MS, LIMITS)
+    assert result == Event("e-1", "u-1", NOW_MS - 1_000, "view")
+
+
+def test_a_batch_validates_each_event_on_its_own_and_names_the_bad_ones() -> None:
+    raw = orjson.dumps(
+        [
+            payload(event_id="e-1"),
+            payload(event_id="e-2", ts="yesterday"),
+            "not an event",
+            payload(event_id="e-4", price=-1),
+            payload(event_id="e-5"),
+        ]
+    )
+    results = events.parse_message(b"  \n" + raw, NOW_MS, LIMITS)  # leading blanks too
+    assert [r.event_id for r in results if isinstance(r, Event)] == ["e-1", "e-5"]
+    rejected = [(r.index, r.reason) for r in results if isinstance(r, Rejection)]
+    assert rejected == [
+        (1, events.BAD_TIMESTAMP),
+        (2, events.NOT_AN_OBJECT),
+        (3, events.BAD_NUMBER),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"[]", events.EMPTY_BATCH),
+        (b"[{", events.BAD_JSON),
+        (orjson.dumps([payload(event_id=f"e-{i}") for i in range(4)]), events.OVERSIZED_PAYLOAD),
+        (b"[" + b" " * 1_000 + b"]", events.OVERSIZED_PAYLOAD),
+    ],
+)
+def test_an_unreadable_batch_is_one_rejection_without_an_index(raw: bytes, expected: str) -> None:
+    limits = ValidationLimits(max_payload_bytes=256, max_batch_events=3)
+    [result] = events.parse_message(raw, NOW_MS, limits)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.index) == (expected, None)

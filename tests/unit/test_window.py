@@ -128,3 +128,16 @@ def test_a_rejection_never_carries_the_payload() -> None:
     window = run([message(raw, key=b"a")])
     [(_, rejection)] = window.rejected
     assert secret not in rejection.detail
+
+
+def test_a_batch_message_folds_its_good_events_and_rejects_the_bad_ones_by_index() -> None:
+    good = [orjson.loads(event_to_json(ev("a", n))) for n in range(3)]
+    other_user = orjson.loads(event_to_json(ev("b", 0)))
+    batch = orjson.dumps([good[0], {"user_id": "a"}, good[1], other_user, good[2]])
+    window = run([message(batch, key=b"a", offset=4), message(ev("c", 0), offset=5)])
+    assert window.states["a"].event_count == 3 and window.states["c"].event_count == 1
+    assert "b" not in window.states
+    rejected = [(m.offset, r.index, r.reason) for m, r in window.rejected]
+    assert rejected == [(4, 1, "missing_field"), (4, 3, KEY_MISMATCH)]
+    assert all(m.value == batch for m, _ in window.rejected)  # the original bytes, whole
+    assert window.events == 4

@@ -1,0 +1,147 @@
+"""`clickscore bench gpu`: the served model through Triton against its in-process ceiling.
+
+One run measures both, on the same machine and the same version folder:
+
+- in process: the served version's network (built from its own network.py, as Triton
+  builds it) runs `ClickscoreModel.score` on full-length sequences at each batch size, on the
+  device (half precision on a GPU, as `model.py` serves it), timed with CUDA events on a
+  GPU and the wall clock on the CPU, median of `repeats` calls after a warm-up;
+- through Triton: `bench triton`'s closed-loop gRPC clients at each batch size and
+  concurrency, of which the best sequences/s per batch is set against the ceiling.
+
+Batches above the served config's `max_batch_size` are not sent to Triton (it would refuse
+them). The target on a GPU: Triton at least half of the in-process ceiling at batch 4,096.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.bench.ceilings import TritonPoint, sample_tokens, triton_grid
+from stream.settings import Settings
+
+
+@dataclass(frozen=True)
+class CeilingPoint:
+    batch: int
+    median_ms: float
+    sequences_per_s: float
+
+
+@dataclass(frozen=True)
+class GpuBench:
+    device: str
+    dtype: str
+    version: str
+    max_batch_size: int
+    ceiling: list[CeilingPoint]
+    triton: list[TritonPoint]
+
+    def best_triton(self, batch: int) -> TritonPoint | None:
+        points = [p for p in self.triton if p.batch == batch]
+        return max(points, key=lambda p: p.sequences_per_s) if points else None
+
+
+def served_folder(settings: Settings) -> Path:
+    """The newest version folder of the served model: what Triton's `latest` policy loads."""
+    root = settings.model_repo / settings.triton_model
+    versions = sorted((int(p.name), p) for p in root.iterdir() if p.name.isdigit())
+    if not versions:
+        raise FileNotFoundError(f"no version folder under {root}")
+    return versions[-1][1]
+
+
+def load_config(settings: Settings, config: Path) -> None:
+    """(Re)load the served model with `config` (a config.pbtxt) through the repository API.
+
+    How a GPU run serves config.gpu.pbtxt from the local stack's repository, whose own
+    config.pbtxt is the CPU variant. The old config keeps serving if Triton refuses it.
+    """
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(config.read_text(), model_config_pb2.ModelConfig())
+    body = json.dumps({"parameters": {"config": json_format.MessageToJson(parsed)}}).encode()
+    url = f"http://{settings.triton_http_url}/v2/repository/models/{settings.triton_model}/load"
+    request = urllib.request.Request(url, data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:
+        response.read()
+
+
+def served_max_batch_size(settings: Settings) -> int:
+    url = f"http://{settings.triton_http_url}/v2/models/{settings.triton_model}/config"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return int(json.loads(response.read())["max_batch_size"])
+
+
+def in_process_ceiling(
+    folder: Path, batches: list[int], device_name: str, repeats: int, compile: bool = False
+) -> tuple[str, str, list[CeilingPoint]]:
+    """(device, dtype, points): `score` of the version in `folder`, timed per batch size."""
+    import torch
+
+    from trainer.export import load
+
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    model = load(folder).to(device)
+    gpu = device.type == "cuda"
+    if gpu:
+        model = model.half()  # as model.py serves it on a GPU
+    score = model.score
+    if compile:
+        if not gpu:
+            raise ValueError(
+                "--compile is measured on a GPU only (model.py never compiles on a CPU)"
+            )
+        score = torch.compile(model.score, dynamic=True)  # as model.py would
+    points: list[CeilingPoint] = []
+    for batch in batches:
+        length = model.config.sequence_length
+        tokens = torch.from_numpy(sample_tokens(batch, length)).to(device)
+        times_ms: list[float] = []
+        with torch.inference_mode():
+            for _ in range(3):  # warm-up: allocator, kernels, caches
+                score(tokens)
+            for _ in range(repeats):
+                if gpu:
+                    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                    start.record()
+                    score(tokens)
+                    end.record()
+                    torch.cuda.synchronize(device)
+                    times_ms.append(start.elapsed_time(end))
+                else:
+                    began = time.perf_counter()
+                    score(tokens)
+                    times_ms.append((time.perf_counter() - began) * 1000)
+        median = statistics.median(times_ms)
+        points.append(CeilingPoint(batch, median, batch / (median / 1000)))
+    return str(device), "float16" if gpu else "float32", points
+
+
+async def gpu_bench(
+    settings: Settings,
+    batches: list[int],
+    concurrencies: list[int],
+    seconds: float,
+    repeats: int,
+    device: str = "auto",
+    compile: bool = False,
+    config: Path | None = None,
+) -> GpuBench:
+    if config is not None:
+        load_config(settings, config)
+    folder = served_folder(settings)
+    device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats, compile)
+    max_batch = served_max_batch_size(settings)
+    servable = [b for b in batches if b <= max_batch]
+    triton = await triton_grid(settings, servable, concurrencies, seconds)
+    return GpuBench(device_used, dtype, folder.name, max_batch, ceiling, triton)
