@@ -166,7 +166,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 87 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) == 1225
+    assert len(state.to_bytes()) == 87 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1481
 
 
 def test_long_event_ids_truncated() -> None:
