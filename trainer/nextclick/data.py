@@ -101,14 +101,15 @@ def keep_known(s: Sequence, known: set[str]) -> Sequence:
     )
 
 
-def split_by_end(seqs: list[Sequence], fraction: float) -> tuple[list[Sequence], list[Sequence]]:
-    """The sequences that end in the last `fraction` of the period are held out."""
-    ends = sorted(s.end_ms for s in seqs)
-    cut = ends[min(len(ends) - 1, int(len(ends) * (1 - fraction)))]
-    early, late = [s for s in seqs if s.end_ms < cut], [s for s in seqs if s.end_ms >= cut]
-    if not early or not late:
+def split_by_end(
+    seqs: list[Sequence], fraction: float
+) -> tuple[list[Sequence], list[Sequence]]:
+    """The `fraction` of sequences that end last are held out (ties broken by key)."""
+    ordered = sorted(seqs, key=lambda s: (s.end_ms, s.key))
+    held = max(1, round(len(ordered) * fraction))
+    if len(ordered) - held < 1:
         raise ValueError(f"cannot hold out the latest {fraction:.0%} of {len(seqs)} sequences")
-    return early, late
+    return ordered[:-held], ordered[-held:]
 
 
 @dataclass(frozen=True)
