@@ -21,6 +21,7 @@ from stream.kafka_security import aiokafka_options
 from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
+from trainer.nextclick.protocol import train_for_serving
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,13 @@ def train_candidate(
         export.next_version(promote.served_dir(settings), promote.store_dir(settings))
     )
     metrics = promote.metrics_of(model, parts.test)
+    # The next-event network learns from every user outside the test users' histories.
+    next_event = train_for_serving(
+        [e for e in events if not data.held_out(e.user_id, TEST_FRACTION, args.seed)],
+        sequence_length=settings.sequence_length,
+        tiny=args.tiny,
+        seed=args.seed,
+    )
     description = {
         **description,
         "train_examples": len(parts.train),
@@ -180,5 +188,12 @@ def train_candidate(
         "churn_horizon_s": settings.churn_horizon_s,
         "purchase_horizon_s": settings.purchase_horizon_s,
     }
-    export.export(model, Vocabulary(), folder, metrics=metrics, training_data=description)
+    export.export(
+        model,
+        Vocabulary(),
+        folder,
+        metrics=metrics,
+        training_data=description,
+        next_event=next_event,
+    )
     return folder, parts.test

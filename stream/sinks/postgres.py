@@ -8,6 +8,7 @@ an alert is inserted only if its deterministic id is absent. The same code runs 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from stream.db.models import UserScore
 from stream.retry import retry_forever
 from stream.settings import DatabaseSettings
 from stream.worker.alerts import Alert
-from stream.worker.scores import Score
+from stream.worker.scores import Score, next_items_json
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
             "last_event_id": s.last_event_id,
             "last_event_at": _at(s.last_event_ts_ms),
             "scored_at": _at(s.scored_at_ms),
+            "next_items": next_items_json(s),
+            "next_purchase": None if math.isnan(s.next_purchase) else s.next_purchase,
         }
         for s in latest.values()
     ]

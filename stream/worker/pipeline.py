@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -23,7 +24,7 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 
 from stream.contract.events import ValidationLimits
-from stream.contract.state import UserState, stack_padded
+from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
@@ -43,7 +44,9 @@ class StateTable(Protocol):
 
 
 class Scorer(Protocol):
-    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores: ...
+    async def score(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores: ...
 
 
 class ResultSink(Protocol):
@@ -116,7 +119,10 @@ class ScoringPipeline:
 
         users = list(window.states)
         states = [window.states[user] for user in users]
-        model = await self._scorer.score(stack_padded(states, self._settings.sequence_length))
+        length = self._settings.sequence_length
+        model = await self._scorer.score(
+            stack_padded(states, length), stack_item_hashes(states, length)
+        )
         started = _observe(stage, "score", started)
         states, scores, alerts = self._results(users, states, model)
         if self._pseudonymiser is not None:
@@ -147,6 +153,7 @@ class ScoringPipeline:
             churn, purchase = float(model.churn[i]), float(model.purchase[i])
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
             state, raised = evaluate(before, user, churn, purchase, anomaly, version, self._rules)
+            has_next = i < len(model.next_items)
             scored.append(state)
             alerts += raised
             scores.append(
@@ -160,6 +167,8 @@ class ScoringPipeline:
                     last_event_id=state.last_event_ids[-1] if state.last_event_ids else "",
                     last_event_ts_ms=state.last_ts_ms,
                     scored_at_ms=scored_at_ms,
+                    next_items=tuple(model.next_items[i]) if has_next else (),
+                    next_purchase=float(model.next_purchase[i]) if has_next else math.nan,
                 )
             )
         for alert in alerts:

@@ -106,7 +106,7 @@ def test_training_learns_a_fixed_successor() -> None:
         ids = torch.from_numpy(vocab.ids(seq.hashes[:-1])).unsqueeze(0)
         types = torch.from_numpy(seq.types[:-1]).unsqueeze(0)
         gaps = torch.from_numpy(seq.gaps[:-1]).unsqueeze(0)
-        top, probs, _ = model.recommend(ids, types, gaps, k=2)
+        top, _, _ = model.recommend(ids, types, gaps, k=2)
         after_x.append(vocab.item_of(int(top[0, 0])))
     assert after_x.count("y") >= 0.8 * len(seqs), after_x
     assert ranking(ranks(model, seqs, vocab, 64))["hr@20"] > 0.5

@@ -101,9 +101,7 @@ def keep_known(s: Sequence, known: set[str]) -> Sequence:
     )
 
 
-def split_by_end(
-    seqs: list[Sequence], fraction: float
-) -> tuple[list[Sequence], list[Sequence]]:
+def split_by_end(seqs: list[Sequence], fraction: float) -> tuple[list[Sequence], list[Sequence]]:
     """The `fraction` of sequences that end last are held out (ties broken by key)."""
     ordered = sorted(seqs, key=lambda s: (s.end_ms, s.key))
     held = max(1, round(len(ordered) * fraction))

@@ -155,6 +155,9 @@ def evaluate(args: NextClickArgs) -> NextClickResult:
     )
 
 
+# `clickscore train`: users' whole histories are far more positions per epoch than the session
+# samples, so fewer epochs, and no refit (the early-stopped model is served).
+SERVED_NEXT_TRAIN = NextTrainConfig(max_epochs=10, patience=2, refit=False)
 # `clickscore train --tiny`: a smoke test in seconds, not a model to serve.
 TINY_NEXT_MODEL = {"hidden": 32, "layers": 1}
 TINY_NEXT_TRAIN = NextTrainConfig(max_epochs=3, patience=1, refit=False)
@@ -168,6 +171,7 @@ def train_for_serving(
     seed: int = 0,
     items: int = 50_000,
     oov_buckets: int = 64,
+    train_config: NextTrainConfig | None = None,
 ) -> tuple[NextEventModel, ItemVocabulary, dict[str, Any]]:
     """The next-event network of a served version, trained on users' whole histories."""
     tokens = Vocabulary()
@@ -179,6 +183,7 @@ def train_for_serving(
         sequence_length=sequence_length,
         **(TINY_NEXT_MODEL if tiny else {}),
     )
-    train_config = replace(TINY_NEXT_TRAIN if tiny else NextTrainConfig(), seed=seed)
+    base = train_config or (TINY_NEXT_TRAIN if tiny else SERVED_NEXT_TRAIN)
+    train_config = replace(base, seed=seed)
     model, report = fit(config, train_config, data.sequences(groups, tokens), vocab)
     return model, vocab, {**report.to_dict(), "train_config": train_config.to_dict()}
