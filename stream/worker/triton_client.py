@@ -170,11 +170,10 @@ class TritonScorer:
                 metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
             churn, purchase, anomaly = (result.as_numpy(name).reshape(-1) for name in OUTPUTS)
             rows = churn.shape[0]
-            if self._items:
-                items = next_items(
-                    result.as_numpy("NEXT_ITEMS"), result.as_numpy("NEXT_ITEM_PROBS")
-                )
-                buy = result.as_numpy("NEXT_PURCHASE").reshape(-1)
+            found = [result.as_numpy(name) for name in NEXT_OUTPUTS] if self._items else []
+            # A version folder older than its config.pbtxt answers without them.
+            if found and all(f is not None for f in found):
+                items, buy = next_items(found[0], found[1]), found[2].reshape(-1)
             else:
                 items, buy = [[] for _ in range(rows)], np.full(rows, np.nan, dtype=np.float32)
             version = result.get_response().model_version

@@ -41,8 +41,13 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
     finally:
         await client.close()
     assert config.max_batch_size >= stack_settings.batch_size
-    assert [i.name for i in config.input] == ["TOKENS"]
+    assert [i.name for i in config.input] == ["TOKENS", "ITEM_HASHES"]
     assert list(config.input[0].dims) == [stack_settings.sequence_length, FIELDS]
+    assert list(config.input[1].dims) == [stack_settings.sequence_length]
+    assert config.input[1].optional
+    outputs = {o.name: list(o.dims) for o in config.output}
+    assert outputs["NEXT_ITEMS"] == outputs["NEXT_ITEM_PROBS"] == [10]
+    assert outputs["NEXT_PURCHASE"] == [1]
     assert config.HasField("dynamic_batching")
 
 
