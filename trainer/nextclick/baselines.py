@@ -69,7 +69,7 @@ class ItemKNN:
                 b: c / (support[a] ** alpha * support[b] ** (1 - alpha) + lambda_)
                 for b, c in counts.items()
             }
-            self.similar[a] = heapq.nlargest(K, scored, key=scored.__getitem__)
+            self.similar[a] = heapq.nlargest(K, scored, key=lambda b: (scored[b], b))
 
     def recommend(self, prefix: list[str]) -> list[str]:
         return self.similar.get(prefix[-1], [])
