@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,7 @@ def _config(items: int) -> NextEventConfig:
 
 def test_predictions_never_look_at_later_events() -> None:
     torch.manual_seed(0)
-    model = NextEventModel(_config(10)).eval()
+    model = NextEventModel(replace(_config(10), layers=2)).eval()
     items = torch.tensor([[0, 3, 4, 5, 6], [0, 3, 4, 5, 9]])
     types = torch.tensor([[0, 3, 3, 3, 3], [0, 3, 3, 3, 3]])
     gaps = torch.tensor([[0, 2, 5, 5, 5], [0, 2, 5, 5, 5]])
@@ -79,6 +81,9 @@ def test_predictions_never_look_at_later_events() -> None:
         out = model.item_log_probs(items, model.encode(items, types, gaps))
     torch.testing.assert_close(out[0, :4], out[1, :4])
     assert not torch.allclose(out[0, 4], out[1, 4])
+    with torch.no_grad():
+        full = model.encode(items, types, gaps)[:, -1:]
+        torch.testing.assert_close(model.encode_newest(items, types, gaps), full)
     top, probs, purchase = model.recommend(items, types, gaps, k=5)
     assert top.shape == probs.shape == (2, 5) and purchase.shape == (2,)
     assert bool((top >= FIRST_ITEM).all() and (top < FIRST_ITEM + 10).all())

@@ -153,6 +153,33 @@ class NextEventModel(nn.Module):
 
     def encode(self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
         """(batch, length) ids each, left-padded -> (batch, length, hidden), causal."""
+        x, mask = self._inputs(items, types, gaps)
+        hidden = self.encoder(x, mask=mask)
+        out: torch.Tensor = self.norm(hidden)
+        return out
+
+    def encode_newest(
+        self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """encode(...)[:, -1:] for serving: the last layer computes only the newest position
+        (its queries; keys and values still cover every event), a third of the encoder."""
+        x, mask = self._inputs(items, types, gaps)
+        *lower, last = self.encoder.layers
+        for layer in lower:
+            x = layer(x, src_mask=mask)
+        normed = last.norm1(x)
+        attended = last.self_attn(
+            normed[:, -1:], normed, normed, attn_mask=mask[:, -1:], need_weights=False
+        )[0]
+        newest = x[:, -1:] + last.dropout1(attended)
+        newest = newest + last._ff_block(last.norm2(newest))
+        out: torch.Tensor = self.norm(newest)
+        return out
+
+    def _inputs(
+        self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed embeddings (batch, length, hidden) and the causal attention mask."""
         length = items.shape[1]
         present = types != PAD
         steps = torch.arange(length, device=items.device)
@@ -168,9 +195,7 @@ class NextEventModel(nn.Module):
         blocked &= (steps.unsqueeze(0) != steps.unsqueeze(1)).unsqueeze(0)  # a row sees itself
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(blocked, float("-inf"))
-        hidden = self.encoder(self.dropout(x), mask=mask.repeat_interleave(self.config.heads, 0))
-        out: torch.Tensor = self.norm(hidden)
-        return out
+        return self.dropout(x), mask.repeat_interleave(self.config.heads, 0)
 
     def item_log_probs(
         self, items: torch.Tensor, hidden: torch.Tensor, *, last_only: bool = False
@@ -208,7 +233,7 @@ class NextEventModel(nn.Module):
         """Top-k next item ids and their probabilities (batch, k), P(next is a purchase)."""
         first = leading_padding(types)  # columns that are padding in every row cost nothing
         items, types, gaps = items[:, first:], types[:, first:], gaps[:, first:]
-        hidden = self.encode(items, types, gaps)
+        hidden = self.encode_newest(items, types, gaps)
         log_probs = self.item_log_probs(items, hidden, last_only=True)
         # Hashed buckets are not items a shop can show.
         log_probs = log_probs[:, : FIRST_ITEM + self.config.known_items].float()
