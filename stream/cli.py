@@ -173,12 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parsers(commands)
     trainer_cli.add_parsers(commands)
     from trainer.customers import cli as customers_cli  # lazy too: scipy/sklearn in handlers
+    from trainer.nextclick import cli as next_click_cli  # lazy too: torch in its handler
 
     evaluate = commands.add_parser(
-        "evaluate", help="held-out metrics of the served model against the baselines"
+        "evaluate", help="held-out metrics of the models against the baselines"
     )
     evaluations = evaluate.add_subparsers(dest="evaluation", required=True)
     customers_cli.add_parsers(evaluations)
+    next_click_cli.add_parsers(evaluations)
     demo = commands.add_parser("demo", help="run the main job on the local stack")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     demo.add_argument("--users", type=int, default=300, help="synthetic users to replay")

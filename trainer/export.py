@@ -5,6 +5,9 @@
                       weights.pt         the state dict (anomaly quantiles included)
                       model_config.json  model config, vocabulary, quantiles, metrics, data,
                                          alert thresholds (trainer/thresholds.py)
+                      next_event.py      trainer/nextclick/network.py   } with a next-event
+                      next_event.pt      its state dict                 } model: top-K next
+                      items.json         its item vocabulary            } items, P(purchase)
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import torch
 from stream.contract.tokenizer import Vocabulary
 from trainer import model as network_module
 from trainer.model import ClickscoreModel, ModelConfig
-from trainer.triton_model import load_network
+from trainer.nextclick import network as next_event_module
+from trainer.nextclick.network import ItemVocabulary, NextEventModel
+from trainer.triton_model import (
+    ITEMS,
+    NEXT_EVENT_CODE,
+    NEXT_EVENT_WEIGHTS,
+    load_network,
+    load_next_event,
+)
 
 META = "model_config.json"
 WEIGHTS = "weights.pt"
@@ -46,8 +57,12 @@ def export(
     metrics: dict[str, Any],
     training_data: dict[str, Any],
     alert_thresholds: dict[str, dict[str, Any]] | None = None,
+    next_event: tuple[NextEventModel, ItemVocabulary, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write the version folder (folder must not exist yet); returns it."""
+    """Write the version folder (folder must not exist yet); returns it.
+
+    `next_event`: the network, its item vocabulary and its training report, if any.
+    """
     if tuple(model.config.field_sizes) != vocab.field_sizes:
         raise ValueError("the model was built for another vocabulary")
     staging = folder.with_name(f".{folder.name}.tmp")
@@ -67,6 +82,13 @@ def export(
         "alert_thresholds": alert_thresholds or {},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if next_event is not None:
+        network, items, report = next_event
+        shutil.copyfile(next_event_module.__file__, staging / NEXT_EVENT_CODE)
+        weights = {k: v.detach().cpu().float().clone() for k, v in network.state_dict().items()}
+        torch.save(weights, staging / NEXT_EVENT_WEIGHTS)
+        (staging / ITEMS).write_text(json.dumps(items.to_dict()))
+        meta["next_event"] = {"model": network.config.to_dict(), "training": report}
     (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     # A rename, so Triton never sees a half-written version folder.
     staging.rename(folder)
@@ -91,3 +113,9 @@ def load(folder: Path) -> ClickscoreModel:
 
 def load_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_dict(read_meta(folder)["model"])
+
+
+def load_next(folder: Path) -> tuple[NextEventModel | None, ItemVocabulary | None]:
+    """A version folder's next-event network and item vocabulary, from ITS OWN code."""
+    model, items = load_next_event(folder, read_meta(folder))
+    return model, items

@@ -23,6 +23,7 @@ from stream.kafka_security import aiokafka_options
 from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
+from trainer.nextclick.protocol import train_for_serving
 from trainer.thresholds import threshold_for_precision
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
 
@@ -177,6 +178,13 @@ def train_candidate(
         export.next_version(promote.served_dir(settings), promote.store_dir(settings))
     )
     metrics = promote.metrics_of(model, parts.test)
+    # The next-event network learns from every user outside the test users' histories.
+    next_event = train_for_serving(
+        [e for e in events if not data.held_out(e.user_id, TEST_FRACTION, args.seed)],
+        sequence_length=settings.sequence_length,
+        tiny=args.tiny,
+        seed=args.seed,
+    )
     description = {
         **description,
         "train_examples": len(parts.train),
@@ -193,6 +201,7 @@ def train_candidate(
         metrics=metrics,
         training_data=description,
         alert_thresholds=thresholds,
+        next_event=next_event,
     )
     return folder, parts.test
 

@@ -189,19 +189,29 @@ async def triton_point(
 ) -> TritonPoint:
     import tritonclient.grpc.aio as grpcclient
 
-    from stream.worker.triton_client import INPUT, OUTPUTS
+    from stream.worker.triton_client import INPUT, ITEM_INPUT, NEXT_OUTPUTS, OUTPUTS
 
     tokens = sample_tokens(batch, settings.sequence_length)
     assert tokens.shape[-1] == NUM_FIELDS
     client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
     tensor = grpcclient.InferInput(INPUT, list(tokens.shape), "INT64")
     tensor.set_data_from_numpy(tokens)
-    outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+    inputs = [tensor]
+    names: tuple[str, ...] = OUTPUTS
+    # Everything the worker asks of this model: with next items, the item hashes too.
+    config = (await client.get_model_config(settings.triton_model)).config
+    if any(i.name == ITEM_INPUT for i in config.input):
+        hashes = grpcclient.InferInput(ITEM_INPUT, list(tokens.shape[:2]), "INT64")
+        rng = np.random.default_rng(1)
+        hashes.set_data_from_numpy(rng.integers(1, 1 << 32, size=tokens.shape[:2]))
+        inputs.append(hashes)
+        names += tuple(n for n in NEXT_OUTPUTS if any(o.name == n for o in config.output))
+    outputs = [grpcclient.InferRequestedOutput(name) for name in names]
     latencies: list[float] = []
 
     async def one() -> None:
         began = time.perf_counter()
-        await client.infer(settings.triton_model, [tensor], outputs=outputs)
+        await client.infer(settings.triton_model, inputs, outputs=outputs)
         latencies.append(time.perf_counter() - began)
 
     async def closed_loop(deadline: float) -> None:

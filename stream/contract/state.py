@@ -8,9 +8,14 @@ Binary layout (little-endian), version 2:
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
     last     n_last * (2-byte length + UTF-8) recent event ids, for alert records
+    items    n_tokens * 4 bytes (uint32 item_hash per event, 0 for none), present when flag
+             bit 2 is set; a state written before item hashes existed reads as all 0
+
+The item hashes are the raw items as each model version needs them: a version maps them to
+its own item vocabulary, so promoting a version with new items invalidates no state.
 
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-99 + 768 + 256 + 114 = 1237 bytes. Version 1 states (no source offset) still load, as states
+99 + 768 + 256 + 114 + 256 = 1493 bytes. Version 1 states (no source offset) still load, as states
 that have applied no message yet by offset.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
@@ -31,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
-from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, tokenize
+from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, item_hash, tokenize
 
 STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -52,11 +57,17 @@ _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
 _HEADER = struct.Struct("<BBHBBBqqqddddqqqiq")
 _LEN = struct.Struct("<H")
 _FLAG_CHURN_ARMED = 1
+_FLAG_ITEM_HASHES = 2
+_HASH_DTYPE = np.dtype("<u4")
 _TOKEN_DTYPE = np.dtype("<u2")
 
 
 def _empty_tokens() -> npt.NDArray[np.uint16]:
     return np.zeros((0, NUM_FIELDS), dtype=np.uint16)
+
+
+def _empty_hashes() -> npt.NDArray[np.uint32]:
+    return np.zeros(0, dtype=np.uint32)
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +88,7 @@ class UserState:
     last_event_ids: list[str] = field(default_factory=list)
     source_partition: int = NO_OFFSET
     source_offset: int = NO_OFFSET
+    item_hashes: npt.NDArray[np.uint32] = field(default_factory=_empty_hashes)  # per token row
 
     def has_applied(self, partition: int, offset: int) -> bool:
         """True when the message at (partition, offset) is already folded into this state."""
@@ -96,7 +108,7 @@ class UserState:
         parts = [
             _HEADER.pack(
                 STATE_VERSION,
-                _FLAG_CHURN_ARMED if self.churn_armed else 0,
+                (_FLAG_CHURN_ARMED if self.churn_armed else 0) | _FLAG_ITEM_HASHES,
                 self.tokens.shape[0],
                 NUM_FIELDS,
                 len(self.recent_event_ids),
@@ -120,7 +132,16 @@ class UserState:
         for encoded in last:
             parts.append(_LEN.pack(len(encoded)))
             parts.append(encoded)
+        parts.append(self._aligned_hashes().astype(_HASH_DTYPE, copy=False).tobytes())
         return b"".join(parts)
+
+    def _aligned_hashes(self) -> npt.NDArray[np.uint32]:
+        """One item hash per token row (0 for rows from before item hashes were kept)."""
+        n = self.tokens.shape[0]
+        hashes = self.item_hashes[-n:] if n else self.item_hashes[:0]
+        if hashes.shape[0] == n:
+            return hashes
+        return np.concatenate([np.zeros(n - hashes.shape[0], dtype=np.uint32), hashes])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
@@ -173,6 +194,15 @@ class UserState:
                 offset += size
         except struct.error:
             raise ValueError("user state truncated") from None
+        hashes = np.zeros(n_tokens, dtype=np.uint32)
+        if flags & _FLAG_ITEM_HASHES:
+            hash_bytes = n_tokens * _HASH_DTYPE.itemsize
+            if offset + hash_bytes > len(data):
+                raise ValueError("user state truncated")
+            hashes = np.frombuffer(data[offset : offset + hash_bytes], _HASH_DTYPE).astype(
+                np.uint32
+            )
+            offset += hash_bytes
         if offset != len(data):
             raise ValueError("trailing bytes after user state")
         return cls(
@@ -192,6 +222,7 @@ class UserState:
             last_event_ids=last,
             source_partition=source_partition,
             source_offset=source_offset,
+            item_hashes=hashes,
         )
 
     def padded(self, max_len: int) -> npt.NDArray[np.int32]:
@@ -249,6 +280,7 @@ def apply_event(
         return state, False
 
     prev_ts_ms = state.last_ts_ms if state.event_count else None
+    state.item_hashes = _append_hash(state._aligned_hashes(), item_hash(event.item_id), max_len)
     state.tokens = _append_row(state.tokens, tokenize(event, prev_ts_ms, vocab), max_len)
     if prev_ts_ms is None:
         state.first_ts_ms = state.last_ts_ms = event.ts_ms
@@ -264,6 +296,28 @@ def apply_event(
     state.last_event_ids.append(event.event_id[:EVENT_ID_CHARS])
     del state.last_event_ids[:-LAST_EVENT_IDS]
     return state, True
+
+
+def _append_hash(
+    hashes: npt.NDArray[np.uint32], value: int, max_len: int
+) -> npt.NDArray[np.uint32]:
+    keep = min(hashes.shape[0], max_len - 1)
+    out = np.empty(keep + 1, dtype=np.uint32)
+    if keep:
+        out[:keep] = hashes[hashes.shape[0] - keep :]
+    out[keep] = value
+    return out
+
+
+def stack_item_hashes(states: Sequence[UserState], max_len: int) -> npt.NDArray[np.int64]:
+    """(len(states), max_len) int64 item hashes, left-padded with 0 like stack_padded."""
+    out = np.zeros((len(states), max_len), dtype=np.int64)
+    if max_len == 0:
+        return out
+    for i, state in enumerate(states):
+        recent = state._aligned_hashes()[-max_len:]
+        out[i, max_len - recent.shape[0] :] = recent
+    return out
 
 
 def stack_padded(states: Sequence[UserState], max_len: int) -> npt.NDArray[np.int32]:

@@ -237,6 +237,15 @@ class Vocabulary:
         return vocab
 
 
+def item_hash(item_id: str | None) -> int:
+    """A stable 32-bit hash of a raw item id, 0 for none: what the state keeps per event so
+    that each model version maps items to its own vocabulary. crc32 like the item bucket; an
+    id whose crc32 is 0 is taken as 1."""
+    if item_id is None:
+        return 0
+    return crc32(item_id.encode("utf-8", "surrogatepass")) or 1
+
+
 def tokenize(event: Event, prev_ts_ms: int | None, vocab: Vocabulary) -> tuple[int, ...]:
     """Six tokens in FIELDS order. prev_ts_ms: the user's previous event time, None if first."""
     event_type = vocab._type_ids.get(event.event_type)

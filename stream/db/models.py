@@ -41,6 +41,12 @@ class UserScore(Base):
     last_event_id: Mapped[str] = mapped_column(String(256))
     last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # [{"item_id", "probability"}] most likely first, and P(next event is a purchase): from
+    # versions with a next-event model; [] and NULL otherwise.
+    next_items: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONDocument, default=list, server_default="[]"
+    )
+    next_purchase: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Alert(Base):

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
-from stream.contract.state import UserState, stack_padded
+from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary, tokenize
 
 SILENCE = "silence"  # not an event type of the contract: tokenised as OTHER
@@ -141,3 +141,13 @@ def silence_tokens(
         tokens[i, :-1] = tokens[i, 1:]
         tokens[i, -1] = tokenize(pseudo, state.last_ts_ms, vocab)
     return tokens
+
+
+def silence_item_hashes(states: list[UserState], length: int) -> npt.NDArray[np.int64]:
+    """The item hashes aligned with silence_tokens: each state's, shifted by the one
+    pseudo-event row, which names no item (0)."""
+    hashes = stack_item_hashes(states, length)
+    if length:
+        hashes[:, :-1] = hashes[:, 1:]
+        hashes[:, -1] = 0
+    return hashes

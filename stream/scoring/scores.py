@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import orjson
 
-SCORE_SCHEMA_VERSION = 1
+SCORE_SCHEMA_VERSION = 2  # 2: next_items and next_purchase
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,15 @@ class Score:
     last_event_id: str
     last_event_ts_ms: int
     scored_at_ms: int
+    # The served version's most likely next items (raw item id, probability), most likely
+    # first, and the probability that the next event is a purchase (NaN: a version without
+    # a next-event model).
+    next_items: tuple[tuple[str, float], ...] = ()
+    next_purchase: float = math.nan
+
+
+def next_items_json(score: Score) -> list[dict[str, object]]:
+    return [{"item_id": item, "probability": round(p, 6)} for item, p in score.next_items]
 
 
 def score_to_json(score: Score) -> bytes:
@@ -37,5 +47,9 @@ def score_to_json(score: Score) -> bytes:
             "last_event_id": score.last_event_id,
             "last_event_ts_ms": score.last_event_ts_ms,
             "scored_at_ms": score.scored_at_ms,
+            "next_items": next_items_json(score),
+            "next_purchase": None
+            if math.isnan(score.next_purchase)
+            else round(score.next_purchase, 6),
         }
     )

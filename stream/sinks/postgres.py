@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from stream.db.models import UserScore
 from stream.faults import is_retriable_db_error
 from stream.retry import retry_forever
 from stream.scoring.alerts import Alert
-from stream.scoring.scores import Score
+from stream.scoring.scores import Score, next_items_json
 from stream.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
             "last_event_id": s.last_event_id,
             "last_event_at": _at(s.last_event_ts_ms),
             "scored_at": _at(s.scored_at_ms),
+            "next_items": next_items_json(s),
+            "next_purchase": None if math.isnan(s.next_purchase) else s.next_purchase,
         }
         for s in latest.values()
     ]

@@ -30,11 +30,17 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 
 from stream.contract.events import Rejection, ValidationLimits
-from stream.contract.state import UserState, stack_padded
+from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.retry import Stopping, retry_forever, summary
 from stream.scoring.alerts import Alert, AlertRules, evaluate
-from stream.scoring.idle import Due, IdleIndex, IdlePolicy, silence_tokens
+from stream.scoring.idle import (
+    Due,
+    IdleIndex,
+    IdlePolicy,
+    silence_item_hashes,
+    silence_tokens,
+)
 from stream.scoring.pseudonym import Pseudonymiser
 from stream.scoring.scores import Score
 from stream.settings import WorkerSettings
@@ -55,7 +61,9 @@ class StateTable(Protocol):
 
 
 class Scorer(Protocol):
-    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores: ...
+    async def score(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores: ...
 
 
 class ResultSink(Protocol):
@@ -148,16 +156,18 @@ class ScoringPipeline:
         silent, later = self._due_silent(sorted(set(partitions)), window.states)
         length = self._settings.sequence_length
         tokens = stack_padded(states, length)
+        item_hashes = stack_item_hashes(states, length)
         if silent:
             silent_states = [state for _, _, state in silent]
             elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
             tokens = np.concatenate(
                 [tokens, silence_tokens(silent_states, elapsed, self._vocab, length)]
             )
+            item_hashes = np.concatenate([item_hashes, silence_item_hashes(silent_states, length)])
             users += [entry.user_id for _, entry, _ in silent]
             states += silent_states
             partitions += [partition for partition, _, _ in silent]
-        model = await self._scorer.score(tokens)
+        model = await self._scorer.score(tokens, item_hashes)
         started = _observe(stage, "score", started)
         silent_ms = [0] * len(window.states)
         silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
@@ -199,9 +209,10 @@ class ScoringPipeline:
             return
         elapsed = [entry.elapsed_ms(self.idle.policy) for _, entry, _ in ready]
         states = [state for _, _, state in ready]
-        tokens = silence_tokens(states, elapsed, self._vocab, self._settings.sequence_length)
+        length = self._settings.sequence_length
+        tokens = silence_tokens(states, elapsed, self._vocab, length)
         users = [entry.user_id for _, entry, _ in ready]
-        model = await self._scorer.score(tokens)
+        model = await self._scorer.score(tokens, silence_item_hashes(states, length))
         states, scores, alerts = self._results(users, states, model, elapsed)
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
@@ -320,6 +331,7 @@ class ScoringPipeline:
                 float(threshold),
                 silent_ms[i] if silent_ms else 0,
             )
+            has_next = i < len(model.next_items)
             scored.append(state)
             alerts += raised
             scores.append(
@@ -333,6 +345,8 @@ class ScoringPipeline:
                     last_event_id=state.last_event_ids[-1] if state.last_event_ids else "",
                     last_event_ts_ms=state.last_ts_ms,
                     scored_at_ms=scored_at_ms,
+                    next_items=tuple(model.next_items[i]) if has_next else (),
+                    next_purchase=float(model.next_purchase[i]) if has_next else math.nan,
                 )
             )
         for alert in alerts:

@@ -1,8 +1,9 @@
 """Scoring through Triton: asyncio gRPC, bounded concurrency, retried until Triton answers.
 
 A window's users are split into requests of at most `batch_size` sequences, each padded to
-the model's fixed length so Triton's dynamic batcher can merge them. What a failed request
-does depends on its gRPC status (stream/faults.py):
+the model's fixed length so Triton's dynamic batcher can merge them; with them go the users'
+item hashes (ITEM_HASHES) and back come their next items (NEXT_*) where the served model
+declares those. What a failed request does depends on its gRPC status (stream/faults.py):
 
 - Triton down, slow or full (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`):
   retried with backoff for as long as it takes; the window waits, its events stay
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 Columns = dict[str, npt.NDArray[np.float32]]  # output name -> one value per sequence
 
 INPUT = "TOKENS"
+ITEM_INPUT = "ITEM_HASHES"
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
 # The served version's churn alert threshold, per row (trainer/triton_model.py). Requested
 # only from a model whose config declares it; rows of a model without it get NaN.
@@ -50,6 +52,10 @@ MODEL = "model"  # the health component a failing model reports under
 # tritonclient's own defaults for these, kept when the channel options are given explicitly.
 _MAX_MESSAGE_BYTES = 2**31 - 1
 _MIN_RECONNECT_BACKOFF_MS = 100
+# Requested, with ITEM_HASHES sent, only from a model whose config declares them.
+NEXT_OUTPUTS = ("NEXT_ITEMS", "NEXT_ITEM_PROBS", "NEXT_PURCHASE")
+NextItems = list[tuple[str, float]]  # (raw item id, probability), most likely first
+NEXT_PURCHASE = NEXT_OUTPUTS[2]
 
 
 class ModelMismatch(RuntimeError):
@@ -71,6 +77,11 @@ class ModelScores:
     rejected: list[str | None] = field(default_factory=list)
     # Per row, from the version that scored it; None or NaN: that version carries none.
     churn_threshold: npt.NDArray[np.float32] | None = None
+    # Per row; empty when the served model declares no next-event outputs (NaN purchase).
+    next_items: list[NextItems] = field(default_factory=list)
+    next_purchase: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.float32)
+    )
 
     def rows(self, keep: list[int]) -> ModelScores:
         """Only these rows, in this order."""
@@ -81,7 +92,23 @@ class ModelScores:
             model_versions=[self.model_versions[i] for i in keep],
             churn_threshold=None if self.churn_threshold is None else self.churn_threshold[keep],
             rejected=[self.rejected[i] for i in keep] if self.rejected else [],
+            next_items=[self.next_items[i] for i in keep] if self.next_items else [],
+            next_purchase=(
+                self.next_purchase[keep] if self.next_purchase.size else self.next_purchase
+            ),
         )
+
+
+def next_items(names: npt.NDArray[Any], probs: npt.NDArray[np.float32]) -> list[NextItems]:
+    """NEXT_ITEMS (bytes) and NEXT_ITEM_PROBS rows -> [(item id, probability)], "" dropped."""
+    return [
+        [
+            (n.decode() if isinstance(n, bytes) else str(n), float(p))
+            for n, p in zip(row_names, row_probs, strict=True)
+            if n
+        ]
+        for row_names, row_probs in zip(names, probs, strict=True)
+    ]
 
 
 def is_model_failure(exc: BaseException) -> bool:
@@ -131,6 +158,7 @@ class TritonScorer:
         self._max_backoff_s = min(
             settings.retry_max_backoff_s, settings.reconnect_max_backoff_ms / 1000
         )
+        self._items = False  # the model takes ITEM_HASHES and returns the next items
 
     async def start(self) -> None:
         """Connect and wait (with backoff) until the model is ready; check its interface."""
@@ -155,6 +183,9 @@ class TritonScorer:
             )
         if any(o.name == THRESHOLD for o in config.output):
             self._outputs = (*OUTPUTS, THRESHOLD)
+        self._items = any(i.name == ITEM_INPUT for i in config.input) and any(
+            o.name == NEXT_OUTPUTS[0] for o in config.output
+        )
 
     async def _model_config(self) -> Any:
         assert self._client is not None
@@ -167,19 +198,29 @@ class TritonScorer:
         if self._client is not None:
             await self._client.close()
 
-    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
-        """tokens: (users, sequence_length, NUM_FIELDS) int32 -> one score per user."""
+    async def score(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores:
+        """tokens: (users, sequence_length, NUM_FIELDS) int32, item_hashes: (users,
+        sequence_length) -> one score per user."""
         size = self._settings.batch_size
-        chunks = [tokens[i : i + size] for i in range(0, tokens.shape[0], size)]
-        results = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
+        if item_hashes is None:
+            item_hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
+        starts = range(0, tokens.shape[0], size)
+        results = await asyncio.gather(
+            *(self._score_chunk(tokens[i : i + size], item_hashes[i : i + size]) for i in starts)
+        )
         versions: list[str] = []
         rejected: list[str | None] = []
-        for (_, version, refused), chunk in zip(results, chunks, strict=True):
-            versions += [version] * chunk.shape[0]
-            rejected += [refused] * chunk.shape[0]
+        items: list[NextItems] = []
+        for (_, version, refused, chunk_items), start in zip(results, starts, strict=True):
+            rows = min(size, tokens.shape[0] - start)
+            versions += [version] * rows
+            rejected += [refused] * rows
+            items += chunk_items
 
         def column(name: str) -> npt.NDArray[np.float32]:
-            return np.concatenate([columns[name] for columns, _, _ in results])
+            return np.concatenate([columns[name] for columns, _, _, _ in results])
 
         return ModelScores(
             churn=column("CHURN"),
@@ -188,21 +229,29 @@ class TritonScorer:
             model_versions=versions,
             churn_threshold=column(THRESHOLD),
             rejected=rejected,
+            next_items=items,
+            next_purchase=column(NEXT_PURCHASE),
         )
 
-    async def _score_chunk(self, tokens: npt.NDArray[np.int32]) -> tuple[Columns, str, str | None]:
-        """The chunk's output columns, its model version, and why it was refused (or None)."""
+    async def _score_chunk(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64]
+    ) -> tuple[Columns, str, str | None, list[NextItems]]:
+        """The chunk's output columns, its model version, why it was refused (or None), and
+        its rows' next items."""
+        rows = tokens.shape[0]
         try:
-            columns, version = await self._infer_until_answered(tokens)
+            columns, version, items = await self._infer_until_answered(tokens, item_hashes)
         except InferenceServerException as exc:
             if not is_request_rejected(exc):
                 raise
-            log.error("triton refused a request of %d sequences: %s", len(tokens), summary(exc))
-            nan = {n: np.full(tokens.shape[0], np.nan, np.float32) for n in (*OUTPUTS, THRESHOLD)}
-            return nan, "", summary(exc)
+            log.error("triton refused a request of %d sequences: %s", rows, summary(exc))
+            names = (*OUTPUTS, THRESHOLD, NEXT_PURCHASE)
+            nan = {n: np.full(rows, np.nan, np.float32) for n in names}
+            return nan, "", summary(exc), [[] for _ in range(rows)]
         self._health.recover(MODEL)
-        columns.setdefault(THRESHOLD, np.full(tokens.shape[0], np.nan, dtype=np.float32))
-        return columns, version, None
+        for name in (THRESHOLD, NEXT_PURCHASE):
+            columns.setdefault(name, np.full(rows, np.nan, dtype=np.float32))
+        return columns, version, None, items
 
     def _on_failure(self, exc: BaseException) -> None:
         if is_model_failure(exc):
@@ -210,23 +259,33 @@ class TritonScorer:
                 MODEL, f"model '{self._settings.triton_model}' fails requests: {summary(exc)}"
             )
 
-    async def _infer_until_answered(self, tokens: npt.NDArray[np.int32]) -> tuple[Columns, str]:
-        async def infer() -> tuple[Columns, str]:
+    async def _infer_until_answered(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64]
+    ) -> tuple[Columns, str, list[NextItems]]:
+        async def infer() -> tuple[Columns, str, list[NextItems]]:
             assert self._client is not None
             tensor = grpcclient.InferInput(INPUT, list(tokens.shape), "INT64")
             tensor.set_data_from_numpy(tokens.astype(np.int64))
-            outputs = [grpcclient.InferRequestedOutput(name) for name in self._outputs]
+            inputs = [tensor]
+            names: tuple[str, ...] = self._outputs
+            if self._items:
+                hashes = grpcclient.InferInput(ITEM_INPUT, list(item_hashes.shape), "INT64")
+                hashes.set_data_from_numpy(item_hashes.astype(np.int64))
+                inputs.append(hashes)
+                names += NEXT_OUTPUTS
+            outputs = [grpcclient.InferRequestedOutput(name) for name in names]
             async with self._limit:
                 started = time.perf_counter()
                 result = await self._client.infer(
                     self._settings.triton_model,
-                    [tensor],
+                    inputs,
                     outputs=outputs,
                     client_timeout=self._settings.triton_timeout_s,
                 )
                 metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
             columns = {name: self._output(result, name, tokens) for name in self._outputs}
-            return columns, result.get_response().model_version
+            items = self._next_items(result, tokens, columns)
+            return columns, result.get_response().model_version, items
 
         return await retry_forever(
             infer,
@@ -236,6 +295,26 @@ class TritonScorer:
             stop=self._stop,
             on_failure=self._on_failure,
         )
+
+    def _next_items(
+        self, result: Any, tokens: npt.NDArray[np.int32], columns: Columns
+    ) -> list[NextItems]:
+        """The rows' next items, and NEXT_PURCHASE into columns, where the model answers them.
+
+        A version folder older than its config.pbtxt answers without them: no items, NaN.
+        """
+        rows = tokens.shape[0]
+        found = [result.as_numpy(name) for name in NEXT_OUTPUTS] if self._items else []
+        if not found or any(f is None for f in found):
+            return [[] for _ in range(rows)]
+        names, probs, _ = found
+        if names.shape[0] != rows or probs.shape != names.shape:
+            raise ModelFailure(
+                f"outputs {NEXT_OUTPUTS[0]} {names.shape} and {NEXT_OUTPUTS[1]} {probs.shape} "
+                f"do not hold one row per sequence for {rows} sequences"
+            )
+        columns[NEXT_PURCHASE] = self._output(result, NEXT_PURCHASE, tokens)
+        return next_items(names, probs)
 
     @staticmethod
     def _output(result: Any, name: str, tokens: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]:

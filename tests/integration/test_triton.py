@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from stream.settings import Settings
+from stream.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +43,13 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
     finally:
         await client.close()
     assert config.max_batch_size >= stack_settings.batch_size
-    assert [i.name for i in config.input] == ["TOKENS"]
+    assert [i.name for i in config.input] == ["TOKENS", "ITEM_HASHES"]
     assert list(config.input[0].dims) == [stack_settings.sequence_length, FIELDS]
+    assert list(config.input[1].dims) == [stack_settings.sequence_length]
+    assert config.input[1].optional
+    outputs = {o.name: list(o.dims) for o in config.output}
+    assert outputs["NEXT_ITEMS"] == outputs["NEXT_ITEM_PROBS"] == [10]
+    assert outputs["NEXT_PURCHASE"] == [1]
     assert config.HasField("dynamic_batching")
 
 
@@ -67,3 +74,39 @@ async def test_batch_inference_returns_one_score_per_sequence(stack_settings: Se
 async def test_a_wrong_shape_is_refused_with_a_clear_error(stack_settings: Settings) -> None:
     with pytest.raises(InferenceServerException, match=r"TOKENS|shape|dims"):
         await _infer(stack_settings, _tokens(batch=2, length=stack_settings.sequence_length + 1))
+
+
+async def test_served_version_returns_real_next_items(stack_settings: Settings) -> None:
+    """The latest version in model_repo/ names items of its own vocabulary, most likely first,
+    and a purchase probability, for item hashes the way the worker sends them."""
+    folder = max(
+        (p for p in (PROJECT_ROOT / "model_repo/clickscore").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    items = json.loads((folder / "items.json").read_text())
+    tokens = _tokens(batch=3, length=stack_settings.sequence_length)
+    hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
+    hashes[:, -10:] = np.array(items["hashes"][:30], dtype=np.int64).reshape(3, 10)
+    client = grpcclient.InferenceServerClient(stack_settings.triton_grpc_url)
+    try:
+        inputs = [
+            grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64"),
+            grpcclient.InferInput("ITEM_HASHES", list(hashes.shape), "INT64"),
+        ]
+        inputs[0].set_data_from_numpy(tokens)
+        inputs[1].set_data_from_numpy(hashes)
+        names = ("NEXT_ITEMS", "NEXT_ITEM_PROBS", "NEXT_PURCHASE", "CHURN")
+        result = await client.infer(
+            stack_settings.triton_model,
+            inputs,
+            outputs=[grpcclient.InferRequestedOutput(n) for n in names],
+        )
+    finally:
+        await client.close()
+    served = result.as_numpy("NEXT_ITEMS")
+    probs = result.as_numpy("NEXT_ITEM_PROBS")
+    assert served.shape == probs.shape == (3, 10)
+    assert {i.decode() for i in served.reshape(-1)} <= set(items["items"])
+    assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all()
+    assert ((result.as_numpy("NEXT_PURCHASE") >= 0) & (result.as_numpy("NEXT_PURCHASE") <= 1)).all()
+    assert result.get_response().model_version == folder.name

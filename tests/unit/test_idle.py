@@ -6,9 +6,9 @@ import math
 
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event
-from stream.contract.tokenizer import FIRST, OTHER, Vocabulary
+from stream.contract.tokenizer import FIRST, OTHER, Vocabulary, item_hash
 from stream.scoring.alerts import AlertRules, alert_id, evaluate
-from stream.scoring.idle import IdleIndex, IdlePolicy, silence_tokens
+from stream.scoring.idle import IdleIndex, IdlePolicy, silence_item_hashes, silence_tokens
 
 HOUR_MS = 3_600_000
 POLICY = IdlePolicy(idle_s=3600, max_idle_s=8 * 3600, max_users_per_pass=2)
@@ -81,6 +81,14 @@ def test_silence_tokens_append_a_pseudo_event_carrying_the_gap() -> None:
     assert tokens[0, -1, 0] == OTHER and tokens[0, -1, 4] == 3 + 1 + 12  # the 3-7 d bucket
     assert tokens[0, -3, 4] == FIRST  # the user's own events moved one to the left
     assert state.event_count == 2  # the state is untouched
+
+
+def test_silence_item_hashes_stay_aligned_with_the_silence_tokens() -> None:
+    state = _state([0, 60_000])
+    hashes = silence_item_hashes([state], 8)
+    assert hashes.shape == (1, 8)
+    # The user's two items moved one to the left with their tokens; the silence names none.
+    assert hashes[0].tolist() == [0, 0, 0, 0, 0, item_hash("i"), item_hash("i"), 0]
 
 
 def test_a_silent_rescore_raises_only_churn_at_last_event_plus_the_silence() -> None:

@@ -50,7 +50,9 @@ class Outputs:
 
 
 class Scorer:
-    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+    async def score(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores:
         n = tokens.shape[0]
         half = np.full(n, 0.5, dtype=np.float32)
         return ModelScores(half, half, half, ["1"] * n)
@@ -108,7 +110,9 @@ async def test_a_refused_request_dead_letters_its_events_and_the_rest_is_scored(
     outputs, table = Outputs(), Table()
 
     class RefusesCarol:
-        async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+        async def score(
+            self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+        ) -> ModelScores:
             n = tokens.shape[0]
             half = np.full(n, 0.5, dtype=np.float32)
             why = str(triton_error(grpc.StatusCode.INVALID_ARGUMENT))

@@ -38,7 +38,9 @@ class Table:
 
 
 class Scorer:
-    async def score(self, tokens: npt.NDArray[np.int32]) -> ModelScores:
+    async def score(
+        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores:
         n = tokens.shape[0]
         ones = np.ones(n, dtype=np.float32)
         return ModelScores(ones * 0.1, ones * 0.2, ones, ["1"] * n)  # anomaly 1.0: alerts

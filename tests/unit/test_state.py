@@ -166,7 +166,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 99 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) == 1237
+    assert len(state.to_bytes()) == 99 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1493
 
 
 def test_long_event_ids_truncated() -> None:
@@ -253,3 +253,24 @@ def test_version_1_states_still_load_without_an_applied_offset() -> None:
     assert not restored.has_applied(1, 0)  # another partition: decided by event ids
     with pytest.raises(ValueError):
         UserState.from_bytes(bytes([3]) + v2[1:])
+
+
+def test_states_without_the_item_hash_section_still_load() -> None:
+    state = feed([ev(i, T0 + i) for i in range(5)])
+    state.mark_applied(2, 41)
+    current = state.to_bytes()
+    assert current[1] & 2  # the item-hash flag; its section is the last 5 * 4 bytes
+    # Version 2 and version 1 as written before item hashes existed: no flag, no section.
+    v2 = bytearray(current[: -5 * 4])
+    v2[1] &= ~2
+    v1 = bytes([1]) + bytes(v2[1:87]) + bytes(v2[99:])
+    for data, source in ((bytes(v2), (2, 41)), (v1, (-1, -1))):
+        old = UserState.from_bytes(data)
+        assert (old.source_partition, old.source_offset) == source
+        assert old.item_hashes.tolist() == [0] * 5
+        assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
+        # Written again, it carries the section (all 0) and reads back the same.
+        assert UserState.from_bytes(old.to_bytes()) == old
+    # Version 1 bytes that do carry the section load their hashes too.
+    v1_items = bytes([1]) + current[1:87] + current[99:]
+    assert UserState.from_bytes(v1_items).item_hashes.tolist() == state.item_hashes.tolist()
