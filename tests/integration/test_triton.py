@@ -49,7 +49,7 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
     assert config.input[1].optional
     outputs = {o.name: list(o.dims) for o in config.output}
     assert outputs["NEXT_ITEMS"] == outputs["NEXT_ITEM_PROBS"] == [10]
-    assert outputs["NEXT_PURCHASE"] == [1]
+    assert outputs["NEXT_PURCHASE"] == outputs["CHURN_THRESHOLD"] == [1]
     assert config.HasField("dynamic_batching")
 
 
@@ -110,3 +110,28 @@ async def test_served_version_returns_real_next_items(stack_settings: Settings) 
     assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all()
     assert ((result.as_numpy("NEXT_PURCHASE") >= 0) & (result.as_numpy("NEXT_PURCHASE") <= 1)).all()
     assert result.get_response().model_version == folder.name
+
+
+async def test_served_version_returns_its_churn_threshold_with_every_score(
+    stack_settings: Settings,
+) -> None:
+    """CHURN_THRESHOLD is the served version's model_config.json alert_thresholds.churn."""
+    folder = max(
+        (p for p in (PROJECT_ROOT / "model_repo/clickscore").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    meta = json.loads((folder / "model_config.json").read_text())
+    expected = meta["alert_thresholds"]["churn"]["threshold"]
+    tokens = _tokens(batch=3, length=stack_settings.sequence_length)
+    client = grpcclient.InferenceServerClient(stack_settings.triton_grpc_url)
+    try:
+        tensor = grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64")
+        tensor.set_data_from_numpy(tokens)
+        result = await client.infer(
+            stack_settings.triton_model,
+            [tensor],
+            outputs=[grpcclient.InferRequestedOutput("CHURN_THRESHOLD")],
+        )
+    finally:
+        await client.close()
+    assert result.as_numpy("CHURN_THRESHOLD").reshape(-1).tolist() == pytest.approx([expected] * 3)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stream.contract.tokenizer import NUM_FIELDS
-from stream.settings import Settings
+from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local, process, triton
 from stream.stack.process import free_port
 from stream.worker.triton_client import TritonScorer
@@ -82,3 +83,42 @@ async def test_a_request_the_model_refuses_comes_back_rejected_not_retried(
     assert scores.rejected[2] is not None and "INVALID_ARGUMENT" in scores.rejected[2]
     assert scores.rejected[3] == scores.rejected[2]  # the whole request, not one row
     assert np.isfinite(scores.churn[:2]).all() and np.isnan(scores.churn[2:]).all()
+
+
+async def test_item_hashes_go_out_and_next_items_and_threshold_come_back(
+    stack_settings: Settings,
+) -> None:
+    """Against the served version: next items of its own vocabulary for the users' item
+    hashes, its churn threshold on every row, and rows(keep) keeping them with their users;
+    a refused request's rows get neither."""
+    folder = max(
+        (p for p in (PROJECT_ROOT / "model_repo/clickscore").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    items = json.loads((folder / "items.json").read_text())
+    threshold = json.loads((folder / "model_config.json").read_text())["alert_thresholds"]
+    settings = make_settings(**{**stack_settings.model_dump(), "batch_size": 2})
+    tokens = np.zeros((4, settings.sequence_length, NUM_FIELDS), dtype=np.int32)
+    tokens[:, -5:, 0] = 3
+    tokens[3, -1, 0] = 60_000  # the fourth sequence: the second request of two is refused
+    hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
+    hashes[:, -5:] = np.array(items["hashes"][:20], dtype=np.int64).reshape(4, 5)
+    scorer = TritonScorer(settings)
+    try:
+        await scorer.start()
+        scores = await asyncio.wait_for(scorer.score(tokens, hashes), 30)
+    finally:
+        await scorer.close()
+    assert len(scores.next_items) == 4 and scores.next_purchase.shape == (4,)
+    for row in scores.next_items[:2]:
+        assert 0 < len(row) <= 10 and {item for item, _ in row} <= set(items["items"])
+        assert [p for _, p in row] == sorted((p for _, p in row), reverse=True)
+    assert ((scores.next_purchase[:2] >= 0) & (scores.next_purchase[:2] <= 1)).all()
+    assert scores.churn_threshold is not None
+    assert scores.churn_threshold[:2].tolist() == pytest.approx(
+        [threshold["churn"]["threshold"]] * 2
+    )
+    assert scores.next_items[2:] == [[], []] and np.isnan(scores.next_purchase[2:]).all()
+    kept = scores.rows([1, 0])
+    assert kept.next_items == [scores.next_items[1], scores.next_items[0]]
+    assert kept.next_purchase.tolist() == [scores.next_purchase[1], scores.next_purchase[0]]
