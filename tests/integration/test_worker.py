@@ -43,7 +43,15 @@ async def test_worker_scores_alerts_and_dead_letters(settings: Settings, tmp_pat
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         counts = await wait_until_scored(settings, traffic, worker)
-        exposition = await asyncio.to_thread(scrape_metrics, settings)
+        # The table rows can land before the window's Kafka results, and the counters
+        # move once both sinks have taken them: give the last window that moment.
+        deadline = time.monotonic() + 10
+        while True:
+            exposition = await asyncio.to_thread(scrape_metrics, settings)
+            emitted = metric(exposition, "clickscore_scores_emitted_total")
+            if emitted >= len(traffic.users) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
     finally:
         worker.stop()
 
