@@ -72,15 +72,9 @@ def register_agents(
 
 
 def _log_unfinished(messages: list[Message]) -> None:
-    first = messages[0]
     log.warning(
         "stopping with a window unfinished; it is read again at the next start",
-        extra={
-            "topic": first.topic,
-            "partition": first.partition,
-            "offset": first.offset,
-            "events": len(messages),
-        },
+        extra=messages[0].where() | {"events": len(messages)},
     )
 
 
@@ -90,15 +84,9 @@ async def _process(pipeline: ScoringPipeline, messages: list[Message]) -> None:
     except Stopping:
         raise
     except Exception:
-        first = messages[0]
         log.error(
             "window failed; processing its messages one at a time",
             exc_info=True,
-            extra={
-                "topic": first.topic,
-                "partition": first.partition,
-                "offset": first.offset,
-                "events": len(messages),
-            },
+            extra=messages[0].where() | {"events": len(messages)},
         )
         await pipeline.process_isolated(messages)

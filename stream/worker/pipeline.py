@@ -181,12 +181,7 @@ class ScoringPipeline:
             if not users:
                 return
         states, scores, alerts = self._results(users, states, model, silent_ms)
-        if self._pseudonymiser is not None:
-            scores = self._pseudonymiser.scores(scores)
-            alerts = self._pseudonymiser.alerts(alerts)
-        await asyncio.gather(
-            self._publisher.results(scores, alerts), self._store.write(scores, alerts)
-        )
+        await self._emit(scores, alerts)
         emitted = self._clock()
         for event in window.newest_event.values():
             metrics.EVENT_TO_SCORE.observe(max(0.0, emitted - event.ts_ms / 1000))
@@ -213,16 +208,31 @@ class ScoringPipeline:
         tokens = silence_tokens(states, elapsed, self._vocab, length)
         users = [entry.user_id for _, entry, _ in ready]
         model = await self._scorer.score(tokens, silence_item_hashes(states, length))
+        # A refused silent re-score has no events to dead-letter: it is dropped, and the
+        # user is due again at the next level of silence.
+        keep = [i for i, why in enumerate(model.rejected) if why is None]
+        if len(keep) < len(users):
+            ready = [ready[i] for i in keep]
+            users = [users[i] for i in keep]
+            states = [states[i] for i in keep]
+            elapsed = [elapsed[i] for i in keep]
+            model = model.rows(keep)
+            if not users:
+                return
         states, scores, alerts = self._results(users, states, model, elapsed)
+        await self._emit(scores, alerts)
+        metrics.SILENT_RESCORED.inc(len(users))
+        for (partition, _, _), user, state in zip(ready, users, states, strict=True):
+            self._table.put(user.encode(), state.to_bytes(), partition)
+
+    async def _emit(self, scores: list[Score], alerts: list[Alert]) -> None:
+        """Scores and alerts to Kafka and PostgreSQL together, pseudonymised if configured."""
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
         await asyncio.gather(
             self._publisher.results(scores, alerts), self._store.write(scores, alerts)
         )
-        metrics.SILENT_RESCORED.inc(len(users))
-        for (partition, _, _), user, state in zip(ready, users, states, strict=True):
-            self._table.put(user.encode(), state.to_bytes(), partition)
 
     def _due_silent(
         self, partitions: list[int], window_users: Mapping[str, UserState]
@@ -259,11 +269,7 @@ class ScoringPipeline:
                 log.error(
                     "message failed on its own; sending it to the dead-letter topic",
                     exc_info=True,
-                    extra={
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                    },
+                    extra=message.where(),
                 )
                 rejection = Rejection(PROCESSING_ERROR, summary(exc))
                 metrics.DEAD_LETTERS.labels(PROCESSING_ERROR).inc()
@@ -366,11 +372,5 @@ class ScoringPipeline:
             metrics.DEAD_LETTERS.labels(rejection.reason).inc()
             log.warning(
                 "event rejected to the dead-letter topic",
-                extra={
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                    "reason": rejection.reason,
-                    "detail": rejection.detail,
-                },
+                extra=message.where() | {"reason": rejection.reason, "detail": rejection.detail},
             )

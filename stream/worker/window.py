@@ -46,6 +46,10 @@ class Message:
     partition: int
     offset: int
 
+    def where(self) -> dict[str, object]:
+        """Where it came from, as the fields of a log record."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
 
 @dataclass
 class Window:

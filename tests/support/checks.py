@@ -91,7 +91,8 @@ async def wait_until_scored(
     missing = {u: (counts.get(u), n) for u, n in expected.items() if counts.get(u) != n}
     raise AssertionError(
         f"{len(missing)} users not fully scored, e.g. {list(missing.items())[:5]}\n"
-        f"{await consumption_report(settings, worker)}\n{worker.log_tail()}"
+        f"{await consumption_report(settings, worker)}\n{worker.log_tail()}\n"
+        f"task dump:\n{worker.task_dump()}"
     )
 
 

@@ -80,6 +80,26 @@ class WorkerProcess:
             ) from None
         return time.monotonic() - started
 
+    def task_dump(self, wait_s: float = 5.0) -> str:
+        """Every thread's and asyncio task's stack, as the worker writes it on SIGUSR1
+        (mode's worker does); for the message of a test that found the worker stuck."""
+        if not self.alive():
+            return "(worker not running: no task dump)"
+        assert self.proc is not None
+        start = self.log_path.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait_s
+        text = ""
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            with self.log_path.open("rb") as log:
+                log.seek(start)
+                grown = log.read().decode(errors="replace")
+            if "TASKS" in grown and grown == text:  # written in full: it stopped growing
+                break
+            text = grown
+        return text
+
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])

@@ -18,47 +18,13 @@ from stream.worker.pipeline import ScoringPipeline
 from stream.worker.triton_client import ModelScores
 from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message
 from tests.conftest import make_settings
+from tests.support.pipeline import ConstantScorer, MemoryTable, RecordingOutputs, view_message
 from tests.unit.test_faults import triton_error
 
 NOW_MS = 1_800_000_000_000
 
 
-class Table:
-    def __init__(self) -> None:
-        self.rows: dict[bytes, bytes] = {}
-
-    def load(self, key: bytes, partition: int) -> bytes | None:
-        return self.rows.get(key)
-
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.rows[key] = value
-
-
-class Outputs:
-    def __init__(self) -> None:
-        self.scores: list[Score] = []
-        self.dead: list[tuple[Message, Rejection]] = []
-
-    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
-        self.scores += scores
-
-    async def results(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
-        pass
-
-    async def dead_letters(self, rejected: Sequence[tuple[Message, Rejection]]) -> None:
-        self.dead += rejected
-
-
-class Scorer:
-    async def score(
-        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
-    ) -> ModelScores:
-        n = tokens.shape[0]
-        half = np.full(n, 0.5, dtype=np.float32)
-        return ModelScores(half, half, half, ["1"] * n)
-
-
-class RefusesBob(Outputs):
+class RefusesBob(RecordingOutputs):
     """A sink that cannot take bob's score, for a reason no retry fixes (a stand-in bug)."""
 
     async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
@@ -68,16 +34,10 @@ class RefusesBob(Outputs):
 
 
 def message(user: str, n: int, offset: int) -> Message:
-    value = b'{"event_id":"%s-%d","user_id":"%s","ts":%d,"event_type":"view"}' % (
-        user.encode(),
-        n,
-        user.encode(),
-        NOW_MS - 1000 + n,
-    )
-    return Message(user.encode(), value, "events", 0, offset)
+    return view_message(user, n, offset, NOW_MS)
 
 
-def pipeline(outputs: Outputs, scorer: object, table: Table) -> ScoringPipeline:
+def pipeline(outputs: RecordingOutputs, scorer: object, table: MemoryTable) -> ScoringPipeline:
     return ScoringPipeline(
         make_settings(),
         table,
@@ -91,8 +51,8 @@ def pipeline(outputs: Outputs, scorer: object, table: Table) -> ScoringPipeline:
 async def test_a_failed_window_is_processed_message_by_message_and_only_the_culprit_dropped() -> (
     None
 ):
-    outputs, table = RefusesBob(), Table()
-    scoring = pipeline(outputs, Scorer(), table)
+    outputs, table = RefusesBob(), MemoryTable()
+    scoring = pipeline(outputs, ConstantScorer(), table)
     window = [*(message("alice", n, n) for n in range(3)), message("bob", 0, 3)]
     with pytest.raises(ValueError):
         await scoring.process(window)
@@ -107,7 +67,7 @@ async def test_a_failed_window_is_processed_message_by_message_and_only_the_culp
 
 
 async def test_a_refused_request_dead_letters_its_events_and_the_rest_is_scored() -> None:
-    outputs, table = Outputs(), Table()
+    outputs, table = RecordingOutputs(), MemoryTable()
 
     class RefusesCarol:
         async def score(
@@ -144,8 +104,8 @@ async def test_a_dead_letter_topic_that_refuses_makes_the_worker_unhealthy_until
     outputs, health = RefusesTwice(), Health()
     scoring = ScoringPipeline(
         make_settings(retry_max_backoff_s=0.01),
-        Table(),
-        Scorer(),  # type: ignore[arg-type]
+        MemoryTable(),
+        ConstantScorer(),
         outputs,
         outputs,  # type: ignore[arg-type]
         clock=lambda: NOW_MS / 1000,
@@ -164,3 +124,51 @@ async def test_a_dead_letter_topic_that_refuses_makes_the_worker_unhealthy_until
     assert "not authorised" in str(seen[0]["problems"])
     assert health.report() == {"status": "ok", "problems": {}}
     assert [(m.key, r.reason) for m, r in outputs.dead] == [(b"bob", PROCESSING_ERROR)]
+
+
+async def test_a_refused_silent_rescore_of_a_window_user_is_dropped_and_the_rest_kept() -> None:
+    """Alice's view is 3 h older than Bob's in the same partition, so this window's own event
+    time has already passed her first level of silence: she is re-scored after the window's
+    table writes, and Triton refuses that row. Her silent score is dropped (a refused silent
+    re-score has no events to dead-letter); her event's score and state stand."""
+
+    class RefusesSilentAlice(ConstantScorer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        async def score(
+            self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+        ) -> ModelScores:
+            self.calls += 1
+            model = await super().score(tokens, item_hashes)
+            if self.calls == 2:  # the late re-score: alice's row alone
+                why = str(triton_error(grpc.StatusCode.INVALID_ARGUMENT))
+                model = ModelScores(
+                    model.churn, model.purchase, model.anomaly, model.model_versions, [why]
+                )
+            return model
+
+    def view(user: str, ts_ms: int, offset: int) -> Message:
+        value = b'{"event_id":"%s","user_id":"%s","ts":%d,"event_type":"view"}' % (
+            user.encode(),
+            user.encode(),
+            ts_ms,
+        )
+        return Message(user.encode(), value, "events", 0, offset)
+
+    outputs, table, scorer = RecordingOutputs(), MemoryTable(), RefusesSilentAlice()
+    scoring = ScoringPipeline(
+        make_settings(silent_rescore_after_s=3600),
+        table,
+        scorer,
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+    )
+    await scoring.process([view("alice", NOW_MS - 3 * 3_600_000, 0), view("bob", NOW_MS, 1)])
+    assert scorer.calls == 2  # the window, then alice's silence
+    assert [s.user_id for s in outputs.scores] == ["alice", "bob"]  # no silent score
+    assert outputs.dead == []
+    alice = UserState.from_bytes(table.rows[b"alice"])
+    assert alice.event_count == 1 and alice.last_ts_ms == NOW_MS - 3 * 3_600_000

@@ -5,79 +5,34 @@ from __future__ import annotations
 import ast
 import os
 import ssl
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 from pydantic import ValidationError
 
 from stream.kafka_security import aiokafka_options, faust_credentials
-from stream.scoring.alerts import Alert
 from stream.scoring.pseudonym import Pseudonymiser
-from stream.scoring.scores import Score
 from stream.settings import PROJECT_ROOT, Settings
 from stream.worker.pipeline import ScoringPipeline
-from stream.worker.triton_client import ModelScores
 from stream.worker.window import Message
 from tests.conftest import make_settings
+from tests.support.pipeline import ConstantScorer, MemoryTable, RecordingOutputs, view_message
 
 NOW_MS = 1_800_000_000_000
 
 
-class Table:
-    def __init__(self) -> None:
-        self.rows: dict[bytes, bytes] = {}
-
-    def load(self, key: bytes, partition: int) -> bytes | None:
-        return self.rows.get(key)
-
-    def put(self, key: bytes, value: bytes, partition: int) -> None:
-        self.rows[key] = value
-
-
-class Scorer:
-    async def score(
-        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
-    ) -> ModelScores:
-        n = tokens.shape[0]
-        ones = np.ones(n, dtype=np.float32)
-        return ModelScores(ones * 0.1, ones * 0.2, ones, ["1"] * n)  # anomaly 1.0: alerts
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.scores: list[Score] = []
-        self.alerts: list[Alert] = []
-
-    async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
-        self.scores += scores
-        self.alerts += alerts
-
-    async def results(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None:
-        await self.write(scores, alerts)
-
-    async def dead_letters(self, rejected: object) -> None:
-        pass
-
-
 def message(user: str, n: int) -> Message:
-    value = b'{"event_id":"%s-%d","user_id":"%s","ts":%d,"event_type":"view"}' % (
-        user.encode(),
-        n,
-        user.encode(),
-        NOW_MS - 1000 + n,
-    )
-    return Message(user.encode(), value, "events", 0, n)
+    return view_message(user, n, n, NOW_MS)
 
 
-async def run_pipeline(**settings: object) -> tuple[Table, Sink, Sink]:
-    table, store, kafka = Table(), Sink(), Sink()
+async def run_pipeline(
+    **settings: object,
+) -> tuple[MemoryTable, RecordingOutputs, RecordingOutputs]:
+    table, store, kafka = MemoryTable(), RecordingOutputs(), RecordingOutputs()
     pipeline = ScoringPipeline(
         make_settings(**settings),
         table,
-        Scorer(),
+        ConstantScorer(churn=0.1, purchase=0.2, anomaly=1.0),  # anomaly 1.0: alerts
         store,
         kafka,  # type: ignore[arg-type]
         clock=lambda: NOW_MS / 1000,
@@ -89,10 +44,13 @@ async def run_pipeline(**settings: object) -> tuple[Table, Sink, Sink]:
 async def test_pseudonymised_outputs_keep_raw_ids_in_the_table() -> None:
     table, store, kafka = await run_pipeline(pseudonymise_key="s3cret")
     expected = Pseudonymiser(b"s3cret").user("alice")
-    for sink in (store, kafka):
-        assert [s.user_id for s in sink.scores] == [expected]
-        assert sink.alerts and {a.user_id for a in sink.alerts} == {expected}
-        assert "alice" not in repr(sink.scores) + repr(sink.alerts)
+    for scores, alerts in (
+        (store.scores, store.alerts),
+        (kafka.published_scores, kafka.published_alerts),
+    ):
+        assert [s.user_id for s in scores] == [expected]
+        assert alerts and {a.user_id for a in alerts} == {expected}
+        assert "alice" not in repr(scores) + repr(alerts)
     assert list(table.rows) == [b"alice"]  # the state table is keyed by the raw id
 
     _, raw_store, _ = await run_pipeline()
