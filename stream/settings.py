@@ -256,6 +256,11 @@ class WorkerSettings(
         ge=1,
         description="Kafka producer batch bytes (1 makes tansu restore tables exactly).",
     )
+    producer_request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a produced batch waits for the broker before it is sent again.",
+    )
     consumer_fetch_max_wait_ms: int = Field(
         20, ge=0, description="Longest the broker may hold a fetch that finds no records."
     )

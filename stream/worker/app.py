@@ -40,6 +40,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
         # Short from a group's first run on: joins wait half the stored session timeout.
         broker_session_timeout=10,
         producer_max_batch_size=settings.producer_max_batch_size,
+        # Faust's default is 20 minutes: a produce request the broker never answered would
+        # hold its window that long without a word. Expired, it fails as a KafkaTimeoutError,
+        # which the publisher retries and logs.
+        producer_request_timeout=settings.producer_request_timeout_s,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         web_enabled=False,
         web_port=settings.worker_web_port,

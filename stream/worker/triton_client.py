@@ -189,9 +189,12 @@ class TritonScorer:
 
     async def _model_config(self) -> Any:
         assert self._client is not None
-        if not await self._client.is_model_ready(self._settings.triton_model):
-            raise ConnectionError(f"model '{self._settings.triton_model}' is not ready")
-        response = await self._client.get_model_config(self._settings.triton_model)
+        # A deadline on every call: a server that takes the connection and never answers
+        # is retried (and logged) like one that refuses it, never waited on in silence.
+        model, deadline = self._settings.triton_model, self._settings.triton_timeout_s
+        if not await self._client.is_model_ready(model, client_timeout=deadline):
+            raise ConnectionError(f"model '{model}' is not ready")
+        response = await self._client.get_model_config(model, client_timeout=deadline)
         return response.config
 
     async def close(self) -> None:

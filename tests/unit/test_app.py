@@ -28,3 +28,14 @@ def test_each_group_and_worker_has_its_own_table_files() -> None:
     assert first != folder(consumer_group="b", worker_web_port=6066)
     assert first != folder(consumer_group="a", worker_web_port=6067)
     assert first == folder(consumer_group="a", worker_web_port=6066)
+
+
+def test_a_produce_the_broker_never_answers_expires_as_settings_say() -> None:
+    # Faust's default (1200 s) would hold a window 20 minutes without a word.
+    async def build() -> int:
+        app = create_app(make_settings(producer_request_timeout_s=7.5))
+        producer = app.producer._new_producer()
+        timeout: int = producer._request_timeout_ms
+        return timeout
+
+    assert asyncio.run(build()) == 7500

@@ -24,7 +24,13 @@ from stream.faults import (
     is_transient_triton_error,
 )
 from stream.retry import Stopping, retry_forever
-from stream.worker.triton_client import ModelFailure, channel_args, is_model_failure
+from stream.worker import metrics
+from stream.worker.triton_client import (
+    ModelFailure,
+    TritonScorer,
+    channel_args,
+    is_model_failure,
+)
 from tests.conftest import make_settings
 
 
@@ -129,3 +135,43 @@ async def test_a_stop_request_ends_a_retry_loop_and_the_attempt_in_flight() -> N
             hangs_then_fails, is_retriable=lambda exc: True, what="u", max_backoff_s=1, stop=stop
         )
     assert attempts == 2
+
+
+class _NeverAnswers(grpc.GenericRpcHandler):
+    """A gRPC server that takes every call and never answers it."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        async def hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await asyncio.Event().wait()
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(hang)
+
+
+async def test_a_triton_that_takes_calls_and_never_answers_is_retried() -> None:
+    """The model check must fail on its deadline and be retried (counted, logged), not wait
+    for an answer that never comes."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_NeverAnswers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        settings = make_settings(
+            triton_grpc_url=f"127.0.0.1:{port}", triton_timeout_s=0.2, retry_max_backoff_s=0.05
+        )
+        retries = metrics.RETRIES.labels("triton model config")
+        before = retries._value.get()
+        stop = asyncio.Event()
+        scorer = TritonScorer(settings, stop=stop)
+        task = asyncio.ensure_future(scorer.start())
+        for _ in range(200):  # 10 s
+            if retries._value.get() >= before + 2 or task.done():
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        with pytest.raises(Stopping):
+            await asyncio.wait_for(task, 5)
+        await scorer.close()
+        assert retries._value.get() >= before + 2
+    finally:
+        await server.stop(None)
