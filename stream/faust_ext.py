@@ -43,6 +43,14 @@ Faust has, and each read against faust-streaming 0.15.3 (and mode-streaming 0.7.
    waits for the window (`Consumer.wait_empty`) as it would for a stream. A batch fetched
    before a rebalance is dropped unprocessed: Faust seeks every partition back to its
    committed offset after the rebalance, so its records are read again.
+   No fetched record of these topics is ever dropped unread otherwise: a fetch that returns
+   while the flow is stopped, or with records of a partition paused since it started, has
+   their partitions moved back to their first record (`_rewind`). Faust drops such records
+   and relies on its next seek to committed offsets, but that seek leaves a partition with no
+   committed offset where it is (aiokafka's `seek_to_committed`): in a new group, or after a
+   kill before the first commit, records caught by the fetch that recovery's
+   `resume_partitions` widens (Faust's active-partition set is shared with the fetch in
+   flight) while the flow is stopped for the seek were lost to that run.
 
 5. Leaving a window unacknowledged at shutdown. Faust's consumer waits for every message it
    tracks to be acknowledged (its `wait_empty`), including the unfinished window's stand-ins
@@ -117,10 +125,23 @@ class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     async def _wait_next_records(self, timeout: float) -> tuple[Any, set[TP] | None]:
         records, active = await super()._wait_next_records(timeout)
         delivery: BatchDelivery | None = self.app.batch_delivery
-        # A fetch made while the flow is stopped goes on to Faust, which drops it and seeks.
-        if records and delivery is not None and self.flow_active:
-            await delivery.divert(self, records, active)
+        if not records or delivery is None:
+            return records, active
+        if self.flow_active:
+            unread = await delivery.divert(self, records, active)
+        else:
+            unread = delivery.take_unread(records)
+        if unread:
+            await self._thread.call_thread(_rewind, self._thread._ensure_consumer(), unread)
         return records, active
+
+
+def _rewind(consumer: aiokafka.AIOKafkaConsumer, offsets: dict[TP, int]) -> None:
+    """In the consumer's thread: move each still-assigned partition back to `offsets`."""
+    assigned = consumer.assignment()
+    for tp, offset in offsets.items():
+        if tp in assigned:
+            consumer.seek(tp, offset)
 
 
 class _Transport(faust_aiokafka.Transport):  # type: ignore[misc]
@@ -239,15 +260,30 @@ class BatchDelivery:
         self._changed = asyncio.Event()
         app.batch_delivery = self
 
-    async def divert(self, consumer: Any, records: dict[TP, Any], active: set[TP] | None) -> None:
-        """Take this delivery's records out of `records` (a fetch) and queue them."""
-        generation = self._app.consumer_generation_id
+    def take_unread(self, records: dict[TP, Any]) -> dict[TP, int]:
+        """Take this delivery's records out of `records` unread: where each partition's
+        records start, to read them again from there."""
+        unread: dict[TP, int] = {}
         for tp in [tp for tp in records if tp.topic in self._topics]:
             batch = records.pop(tp)
+            if batch:
+                unread[tp] = batch[0].offset
+        return unread
+
+    async def divert(
+        self, consumer: Any, records: dict[TP, Any], active: set[TP] | None
+    ) -> dict[TP, int]:
+        """Take this delivery's records out of `records` (a fetch) and queue them; where the
+        records of partitions paused since the fetch started, which are not queued, start."""
+        generation = self._app.consumer_generation_id
+        unread: dict[TP, int] = {}
+        for tp in [tp for tp in records if tp.topic in self._topics]:
+            batch = records.pop(tp)
+            if not batch:
+                continue
             # Faust's `getmany` filter: a paused partition's records are not handed on.
-            if not batch or not (
-                active is None or tp in active or tp in consumer._buffered_partitions
-            ):
+            if not (active is None or tp in active or tp in consumer._buffered_partitions):
+                unread[tp] = batch[0].offset
                 continue
             while self._queued >= self._max_queued:  # back-pressure: the fetcher waits
                 self._changed.clear()
@@ -256,6 +292,7 @@ class BatchDelivery:
             self._queued += len(batch)
             consumer._read_offset[tp] = batch[-1].offset
             self._changed.set()
+        return unread
 
     async def windows(self, max_events: int) -> AsyncIterator[DeliveredWindow]:
         """Everything queued, up to `max_events` at a time; waits only when nothing is."""
