@@ -132,6 +132,7 @@ class _Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         else:
             unread = delivery.take_unread(records)
         if unread:
+            self.log.info("records fetched while stopped, read again from %s", unread)
             await self._thread.call_thread(_rewind, self._thread._ensure_consumer(), unread)
         return records, active
 

@@ -256,6 +256,11 @@ class WorkerSettings(
         ge=1,
         description="Kafka producer batch bytes (1 makes tansu restore tables exactly).",
     )
+    commit_interval_s: float = Field(
+        2.8,
+        gt=0,
+        description="How often the worker commits the offsets of finished windows (Faust's).",
+    )
     producer_request_timeout_s: float = Field(
         30.0,
         gt=0,

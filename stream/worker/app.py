@@ -39,6 +39,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         processing_guarantee="at_least_once",
         # Short from a group's first run on: joins wait half the stored session timeout.
         broker_session_timeout=10,
+        broker_commit_interval=settings.commit_interval_s,
         producer_max_batch_size=settings.producer_max_batch_size,
         # Faust's default is 20 minutes: a produce request the broker never answered would
         # hold its window that long without a word. Expired, it fails as a KafkaTimeoutError,

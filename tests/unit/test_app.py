@@ -39,3 +39,7 @@ def test_a_produce_the_broker_never_answers_expires_as_settings_say() -> None:
         return timeout
 
     assert asyncio.run(build()) == 7500
+
+
+def test_offsets_are_committed_as_often_as_settings_say() -> None:
+    assert create_app(make_settings(commit_interval_s=42.0)).conf.broker_commit_interval == 42.0
