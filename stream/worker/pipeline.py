@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +77,11 @@ def validation_limits(settings: WorkerSettings) -> ValidationLimits:
         max_future_s=settings.max_event_future_s,
         max_batch_events=settings.max_batch_events,
     )
+
+
+def _rows(keep: list[int], *columns: list[Any]) -> tuple[list[Any], ...]:
+    """The rows `keep` of each of these parallel columns, in that order."""
+    return tuple([column[i] for i in keep] for column in columns)
 
 
 def _observe(stage: Histogram, name: str, started: float) -> float:
@@ -173,10 +178,7 @@ class ScoringPipeline:
         silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
         keep = await self._dead_letter_refused(window, users, model)
         if len(keep) < len(users):
-            users = [users[i] for i in keep]
-            states = [states[i] for i in keep]
-            partitions = [partitions[i] for i in keep]
-            silent_ms = [silent_ms[i] for i in keep]
+            users, states, partitions, silent_ms = _rows(keep, users, states, partitions, silent_ms)
             model = model.rows(keep)
             if not users:
                 return
@@ -212,10 +214,7 @@ class ScoringPipeline:
         # user is due again at the next level of silence.
         keep = [i for i, why in enumerate(model.rejected) if why is None]
         if len(keep) < len(users):
-            ready = [ready[i] for i in keep]
-            users = [users[i] for i in keep]
-            states = [states[i] for i in keep]
-            elapsed = [elapsed[i] for i in keep]
+            ready, users, states, elapsed = _rows(keep, ready, users, states, elapsed)
             model = model.rows(keep)
             if not users:
                 return
