@@ -60,6 +60,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     thresholds.add_argument("--version", type=int, help="default: the served version")
     thresholds.set_defaults(handler=run_thresholds)
+    from trainer.customers.head_command import add_head_parser
+
+    add_head_parser(actions)
 
 
 def _train_args(args: argparse.Namespace) -> object:
