@@ -132,16 +132,20 @@ def with_feature_head(
     *,
     alert_thresholds: dict[str, dict[str, Any]],
     training_data: dict[str, Any],
+    metrics: dict[str, Any],
 ) -> Path:
     """A new version folder: `base`'s networks and weights unchanged (anomaly and next items
     stay theirs), this code's Triton entry, and the feature head that scores churn and
-    purchase, with its churn alert threshold. `folder` must not exist yet."""
+    purchase, with its churn alert threshold. `metrics` (the head's) replace the base's,
+    which stay as `network_metrics`. `folder` must not exist yet."""
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(base, staging, ignore=shutil.ignore_patterns("__pycache__", ".*"))
     shutil.copyfile(TRITON_ENTRY, staging / "model.py")
     meta = read_meta(base)
     meta["feature_head"] = feature_head
+    meta["network_metrics"] = meta.get("metrics", {})
+    meta["metrics"] = metrics
     meta["alert_thresholds"] = alert_thresholds
     meta["feature_head_training_data"] = training_data
     meta["networks_from_version"] = base.name

@@ -129,6 +129,13 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
             **{task: head.to_dict() for task, head in heads.items()},
         }
         churn = report["threshold"]
+        metrics = {
+            f"{task}_{metric}": validation[task][heads[task].candidate][metric]
+            for task in heads
+            for metric in ("roc_auc", "pr_auc")
+        }
+        for key in ("precision", "recall", "base_rate"):
+            metrics[f"churn_alert_heldout_{key}"] = report["heldout"].get(key)
         export.with_feature_head(
             base,
             folder,
@@ -140,6 +147,7 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
                 "threshold_seeds": args.threshold_seeds,
                 "heldout": report["heldout"],
             },
+            metrics=metrics,
         )
         report["written"] = str(folder)
     print(json.dumps(report, indent=2) if args.json else render_head(report))
