@@ -43,6 +43,12 @@ def add_head_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]
         default="stopped",
         help="churn label of the training rows (trainer/customers/serving.py)",
     )
+    head.add_argument(
+        "--check-users",
+        type=int,
+        default=DEMO_USERS,
+        help="users per threshold and held-out data set (default: the demo's)",
+    )
     head.add_argument("--no-write", action="store_true", help="measure only, write no version")
     head.add_argument("--json", action="store_true", help="print the report as JSON")
     head.set_defaults(handler=run_head)
@@ -60,8 +66,11 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer.data import held_out
     from trainer.thresholds import precision_recall_at, threshold_for_precision
 
+    # Measuring on the demo's own users (--heldout-seeds 0) is allowed: nothing is fitted there.
     if {args.seed, *args.threshold_seeds} & {DEMO_SEED, *args.heldout_seeds}:
-        raise SystemExit("training, threshold and held-out seeds must differ from the demo's")
+        raise SystemExit(
+            "training and threshold seeds must differ from the demo's and the held-out ones"
+        )
     version = args.base or promote.serving_version(settings)
     if version is None:
         print("no base version")
@@ -87,7 +96,7 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
         y = getattr(rows, task)
         picked = pick_head(x[~check], y[~check], x[check], y[check])
         heads[task], validation[task] = picked.head, picked.validation
-    demo = {"users": DEMO_USERS, "days": DEMO_DAYS}
+    demo = {"users": args.check_users, "days": DEMO_DAYS}
     labels, scores = serving.user_level(
         [SyntheticConfig(**demo, seed=s) for s in args.threshold_seeds],
         heads["churn"],
