@@ -25,8 +25,9 @@ new active or purchase day (the state cannot know whether that day was already c
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
 135 + 768 + 256 + 114 + 256 = 1529 bytes. Version 1 states (no source offset) still load, as states
 that have applied no message yet by offset; version 1 and 2 states (no counters) load with the
-counters they can be given: one active day per state with events, purchases and spend from
-the token rows it keeps (the spend of those is unknown: 0), counted exactly from then on.
+counters they can be given: one active day per state with events, the purchases among the
+token rows it keeps on one purchase day dated at its last event, and a spend of 0 (unknown);
+they count exactly from then on.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
 into it, and a message at or below it is skipped. A worker that crashes after writing states
@@ -73,7 +74,7 @@ MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 10
 _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
 _HEADER_V2 = struct.Struct("<BBHBBBqqqddddqqqiq")
 _COUNTERS = struct.Struct("<iiidqq")
-_HEADER = struct.Struct("<BBHBBBqqqddddqqqiqiiidqq")
+_HEADER = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:])
 DAY_MS = 86_400_000
 PURCHASE_TOKEN = NUM_SPECIAL + EVENT_TYPES.index("purchase")
 _LEN = struct.Struct("<H")
@@ -369,7 +370,7 @@ def _count(state: UserState, event: Event, prev_ts_ms: int | None, event_type: i
         return
     state.purchase_count += 1
     state.spend += event.price or 0.0
-    if not state.purchase_count - 1:
+    if state.purchase_count == 1:
         state.first_purchase_ms = state.last_purchase_ms = event.ts_ms
         state.purchase_days = 1
     elif event.ts_ms >= state.last_purchase_ms:
