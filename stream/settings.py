@@ -207,7 +207,10 @@ class WorkerSettings(
         3, ge=1, description="Events a user needs before a churn alert is possible."
     )
     churn_min_history_s: int = Field(
-        86_400, ge=0, description="History (first to last event) needed for a churn alert."
+        86_400,
+        ge=0,
+        description="History (first event to the scoring time, silence included) needed for "
+        "a churn alert.",
     )
     # --- Silent users (stream/scoring/idle.py) ---------------------------------------------
     silent_rescore_after_s: int = Field(

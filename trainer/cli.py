@@ -60,6 +60,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     thresholds.add_argument("--version", type=int, help="default: the served version")
     thresholds.set_defaults(handler=run_thresholds)
+    from trainer.customers.head_command import add_head_parser
+
+    add_head_parser(actions)
 
 
 def _train_args(args: argparse.Namespace) -> object:
@@ -139,6 +142,7 @@ def run_rollback(settings: TrainerSettings, args: argparse.Namespace) -> int:
 
 def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer import promote
+    from trainer.export import read_meta
     from trainer.refresh import store_thresholds
 
     version = args.version or promote.serving_version(settings)
@@ -146,6 +150,12 @@ def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
         print("no served version")
         return 1
     folder = promote.served_dir(settings) / str(version)
+    if "feature_head" in read_meta(folder):
+        print(
+            f"v{version} scores churn with its feature head; its threshold comes from "
+            "`clickscore model head`, which measured it per user"
+        )
+        return 1
     picked = store_thresholds(settings, folder)["churn"]
     if picked.get("threshold") is None:
         print(f"v{version}: no churn threshold reaches precision {picked['target_precision']}")

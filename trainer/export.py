@@ -8,6 +8,10 @@
                       next_event.py      trainer/nextclick/network.py   } with a next-event
                       next_event.pt      its state dict                 } model: top-K next
                       items.json         its item vocabulary            } items, P(purchase)
+
+A version with a feature head (`with_feature_head`, version 6 on) also carries, in
+model_config.json, `feature_head`: the feature schema and, per task (churn, purchase), the
+standardisation and logistic regression trainer/triton_model.py `head_scores` applies.
 """
 
 from __future__ import annotations
@@ -119,3 +123,33 @@ def load_next(folder: Path) -> tuple[NextEventModel | None, ItemVocabulary | Non
     """A version folder's next-event network and item vocabulary, from ITS OWN code."""
     model, items = load_next_event(folder, read_meta(folder))
     return model, items
+
+
+def with_feature_head(
+    base: Path,
+    folder: Path,
+    feature_head: dict[str, Any],
+    *,
+    alert_thresholds: dict[str, dict[str, Any]],
+    training_data: dict[str, Any],
+    metrics: dict[str, Any],
+) -> Path:
+    """A new version folder: `base`'s networks and weights unchanged (anomaly and next items
+    stay theirs), this code's Triton entry, and the feature head that scores churn and
+    purchase, with its churn alert threshold. `metrics` (the head's) replace the base's,
+    which stay as `network_metrics`. `folder` must not exist yet."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    shutil.copyfile(TRITON_ENTRY, staging / "model.py")
+    meta = read_meta(base)
+    meta["feature_head"] = feature_head
+    meta["network_metrics"] = meta.get("metrics", {})
+    meta["metrics"] = metrics
+    meta["alert_thresholds"] = alert_thresholds
+    meta["feature_head_training_data"] = training_data
+    meta["networks_from_version"] = base.name
+    meta["exported_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    (staging / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    staging.rename(folder)
+    return folder

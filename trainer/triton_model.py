@@ -5,8 +5,14 @@ The exporter copies this file into `model_repo/<model>/<version>/model.py`, next
 with a next-event model, `next_event.py`, `next_event.pt` and `items.json` (its item
 vocabulary), so the folder is self-contained.
 
-Inputs: TOKENS (batch, length, 6) and the optional ITEM_HASHES (batch, length), the per-event
-item hashes of the user's state; this version maps them to its own item ids. Outputs: CHURN,
+Inputs: TOKENS (batch, length, 6), the optional ITEM_HASHES (batch, length), the per-event
+item hashes of the user's state (this version maps them to its own item ids), and the optional
+FEATURES (batch, F), the user's behaviour features at the scoring time (stream/contract/
+features.py). A version with a `feature_head` in its model_config.json (since version 6)
+scores CHURN and PURCHASE from FEATURES with that head (`head_scores`, plain numpy) and keeps
+the network's ANOMALY and next items; it refuses to load when config.pbtxt declares another
+feature schema than the one it was trained on. A request without FEATURES gets the network's
+churn and purchase and a NaN CHURN_THRESHOLD (the threshold belongs to the head). Outputs: CHURN,
 PURCHASE, ANOMALY, CHURN_THRESHOLD (the version's churn alert threshold, NaN if it carries
 none), and where config.pbtxt declares them NEXT_ITEMS (batch, K) raw item ids,
 NEXT_ITEM_PROBS (batch, K) and NEXT_PURCHASE (batch, 1), the probability that the next event
@@ -34,6 +40,8 @@ except ImportError:  # outside Triton: trainer.export imports load_network from 
 
 HERE = Path(__file__).resolve().parent
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD")
+FEATURES = "FEATURES"
+FEATURE_SCHEMA = "feature_schema"  # config.pbtxt parameter: the schema the worker sends
 NEXT_OUTPUTS = ("NEXT_ITEMS", "NEXT_ITEM_PROBS", "NEXT_PURCHASE")
 NEXT_EVENT_CODE = "next_event.py"
 NEXT_EVENT_WEIGHTS = "next_event.pt"
@@ -113,6 +121,7 @@ class TritonPythonModel:
         self.next_event, self.items = load_next_event(HERE, meta)
         if self.next_event is not None:
             self.next_event.to(self.device)
+        self.head = load_feature_head(meta, parameters)
 
     def _tokens(self, request: Any) -> npt.NDArray[Any]:
         tokens: npt.NDArray[Any] = pb_utils.get_input_tensor_by_name(request, "TOKENS").as_numpy()
@@ -132,6 +141,16 @@ class TritonPythonModel:
         if hashes.shape != (rows, self.shape[0]):
             raise ValueError(f"ITEM_HASHES must be ({rows}, {self.shape[0]}), got {hashes.shape}")
         return hashes
+
+    def _features(self, request: Any, rows: int) -> npt.NDArray[Any] | None:
+        given = pb_utils.get_input_tensor_by_name(request, FEATURES)
+        if given is None or self.head is None:
+            return None
+        features: npt.NDArray[Any] = given.as_numpy()
+        width = len(self.head["churn"]["mean"])
+        if features.shape != (rows, width):
+            raise ValueError(f"{FEATURES} must be ({rows}, {width}), got {features.shape}")
+        return features
 
     def _next(self, tokens: npt.NDArray[Any], hashes: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
         """NEXT_ITEMS, NEXT_ITEM_PROBS, NEXT_PURCHASE for the batch ("" / 0 / NaN if none)."""
@@ -156,10 +175,13 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         good: list[tuple[int, npt.NDArray[Any], npt.NDArray[Any]]] = []
+        features: list[npt.NDArray[Any] | None] = []
         for i, request in enumerate(requests):
             try:
                 tokens = self._tokens(request)
-                good.append((i, tokens, self._hashes(request, tokens.shape[0])))
+                hashes = self._hashes(request, tokens.shape[0])
+                features.append(self._features(request, tokens.shape[0]))
+                good.append((i, tokens, hashes))
             except Exception as exc:  # one bad request must not fail the others
                 # INVALID_ARGUMENT: the worker dead-letters this request's events
                 # (model_rejected) instead of retrying them.
@@ -175,6 +197,8 @@ class TritonPythonModel:
                     for s in (scores.churn, scores.purchase, scores.anomaly)
                 ]
                 columns.append(np.full_like(columns[0], self.churn_threshold))
+                if self.head is not None:
+                    self._head_columns(columns, [t.shape[0] for _, t, _ in good], features)
                 names: tuple[str, ...] = OUTPUTS
                 if self.k:
                     hashes = np.concatenate([h for _, _, h in good]).astype(np.int64)
@@ -194,6 +218,26 @@ class TritonPythonModel:
                     responses[i] = self._error(exc)
         return responses
 
+    def _head_columns(
+        self,
+        columns: list[npt.NDArray[Any]],
+        rows: list[int],
+        features: list[npt.NDArray[Any] | None],
+    ) -> None:
+        """CHURN and PURCHASE from the feature head for the requests that sent FEATURES; the
+        others keep the network's, with no threshold (NaN)."""
+        assert self.head is not None
+        start = 0
+        for count, given in zip(rows, features, strict=True):
+            end = start + count
+            if given is None:
+                columns[3][start:end] = np.nan
+            else:
+                for column, task in ((0, "churn"), (1, "purchase")):
+                    scores = head_scores(self.head[task], given)
+                    columns[column][start:end, 0] = scores.astype(np.float32)
+            start = end
+
     @staticmethod
     def _error(exc: Exception, code: Any = None) -> Any:
         if code is None:  # Triton's default: INTERNAL, a failing model
@@ -201,6 +245,24 @@ class TritonPythonModel:
         else:
             error = pb_utils.TritonError(f"clickscore: {exc}", code)
         return pb_utils.InferenceResponse(error=error)
+
+
+def load_feature_head(meta: dict[str, Any], parameters: dict[str, Any]) -> Any:
+    """The version's feature head (model_config.json `feature_head`), or None.
+
+    Refuses to load when config.pbtxt declares another feature schema than the head's: the
+    worker sends what the config declares, so they must agree.
+    """
+    head = meta.get("feature_head")
+    if head is None:
+        return None
+    declared = parameters.get(FEATURE_SCHEMA, {}).get("string_value")
+    if declared != head["schema"]["version"]:
+        raise RuntimeError(
+            f"clickscore: this version's feature head was trained on {head['schema']['version']}"
+            f", but config.pbtxt declares {FEATURE_SCHEMA} {declared!r}"
+        )
+    return head
 
 
 def load_next_event(folder: Path, meta: dict[str, Any]) -> tuple[Any, Any]:
@@ -212,3 +274,16 @@ def load_next_event(folder: Path, meta: dict[str, Any]) -> tuple[Any, Any]:
     model = module.NextEventModel(module.NextEventConfig.from_dict(meta["next_event"]["model"]))
     model.load_state_dict(torch.load(folder / NEXT_EVENT_WEIGHTS, map_location="cpu"))
     return model.eval(), items
+
+
+def head_scores(head: dict[str, Any], features: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """A behaviour-feature head's probabilities: standardise, then a logistic regression.
+
+    `head` is one task's entry of model_config.json `feature_head` (mean, scale, coef,
+    intercept, written by trainer/customers/head.py); plain numpy, so the served model needs
+    no scikit-learn. Non-finite features (a damaged request) give NaN, which never alerts.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    z = (x - np.asarray(head["mean"])) / np.asarray(head["scale"])
+    logit = z @ np.asarray(head["coef"]) + float(head["intercept"])
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(logit, -60.0, 60.0))), dtype=np.float64)

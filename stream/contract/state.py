@@ -1,9 +1,12 @@
 """Per-user rolling state, kept in the worker's changelogged table as compact bytes.
 
-Binary layout (little-endian), version 2:
+Binary layout (little-endian), version 3:
 
-    header   99 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
-                       and offset (int64) of the last message applied
+    header   135 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
+                        and offset (int64) of the last message applied (version 2's 99 bytes),
+                        then the exact behaviour counters (_COUNTERS, 36 bytes): active days,
+                        purchases, purchase days (int32), spend (float64), first and last
+                        purchase time (int64 ms, 0 for none)
 
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
@@ -14,9 +17,17 @@ Binary layout (little-endian), version 2:
 The item hashes are the raw items as each model version needs them: a version maps them to
 its own item vocabulary, so promoting a version with new items invalidates no state.
 
+The counters are what the behaviour features (stream/contract/features.py) need exactly and
+the 64 token rows cannot give: a user's purchases and spend over their whole history. A day is
+a UTC day of event time; an event older than the newest one counts as a purchase but starts no
+new active or purchase day (the state cannot know whether that day was already counted).
+
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-99 + 768 + 256 + 114 + 256 = 1493 bytes. Version 1 states (no source offset) still load, as states
-that have applied no message yet by offset.
+135 + 768 + 256 + 114 + 256 = 1529 bytes. Version 1 states (no source offset) still load, as states
+that have applied no message yet by offset; version 1 and 2 states (no counters) load with the
+counters they can be given: one active day per state with events, the purchases among the
+token rows it keeps on one purchase day dated at its last event, and a spend of 0 (unknown);
+they count exactly from then on.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
 into it, and a message at or below it is skipped. A worker that crashes after writing states
@@ -36,10 +47,17 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
-from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, item_hash, tokenize
+from stream.contract.tokenizer import (
+    EVENT_TYPES,
+    NUM_FIELDS,
+    NUM_SPECIAL,
+    Vocabulary,
+    item_hash,
+    tokenize,
+)
 
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 NO_OFFSET = -1
 DEFAULT_MAX_IDS = 32  # at-least-once redelivery repeats a user's last few events, not dozens
 LAST_EVENT_IDS = 3
@@ -54,7 +72,11 @@ PRIOR_GAP_S = 60.0
 MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 1000/s
 
 _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
-_HEADER = struct.Struct("<BBHBBBqqqddddqqqiq")
+_HEADER_V2 = struct.Struct("<BBHBBBqqqddddqqqiq")
+_COUNTERS = struct.Struct("<iiidqq")
+_HEADER = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:])
+DAY_MS = 86_400_000
+PURCHASE_TOKEN = NUM_SPECIAL + EVENT_TYPES.index("purchase")
 _LEN = struct.Struct("<H")
 _FLAG_CHURN_ARMED = 1
 _FLAG_ITEM_HASHES = 2
@@ -89,6 +111,12 @@ class UserState:
     source_partition: int = NO_OFFSET
     source_offset: int = NO_OFFSET
     item_hashes: npt.NDArray[np.uint32] = field(default_factory=_empty_hashes)  # per token row
+    active_days: int = 0
+    purchase_count: int = 0
+    purchase_days: int = 0
+    spend: float = 0.0
+    first_purchase_ms: int = 0  # 0: no purchase yet
+    last_purchase_ms: int = 0
 
     def has_applied(self, partition: int, offset: int) -> bool:
         """True when the message at (partition, offset) is already folded into this state."""
@@ -125,6 +153,12 @@ class UserState:
                 self.last_burst_alert_ms,
                 self.source_partition,
                 self.source_offset,
+                self.active_days,
+                self.purchase_count,
+                self.purchase_days,
+                self.spend,
+                self.first_purchase_ms,
+                self.last_purchase_ms,
             ),
             self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
             struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
@@ -147,10 +181,11 @@ class UserState:
     def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of to_bytes; ValueError for another version or damaged bytes."""
         version = data[0] if data else 0
-        header = _HEADER if version == STATE_VERSION else _HEADER_V1
+        header = {1: _HEADER_V1, 2: _HEADER_V2}.get(version, _HEADER)
         if version not in READABLE_VERSIONS or len(data) < header.size:
             raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
         source_partition = source_offset = NO_OFFSET
+        counters: list[int | float] = []
         (
             _,
             flags,
@@ -168,10 +203,10 @@ class UserState:
             last_churn_alert_ms,
             last_anomaly_alert_ms,
             last_burst_alert_ms,
-            *source,
+            *rest,
         ) = header.unpack_from(data)
-        if source:
-            source_partition, source_offset = source
+        if rest:
+            source_partition, source_offset, *counters = rest
         if n_fields != NUM_FIELDS:
             raise ValueError(f"state has {n_fields} token fields, expected {NUM_FIELDS}")
         offset = header.size
@@ -205,8 +240,12 @@ class UserState:
             offset += hash_bytes
         if offset != len(data):
             raise ValueError("trailing bytes after user state")
+        tokens = tokens.reshape(n_tokens, NUM_FIELDS)
+        if not counters:
+            counters = _counters_from_tokens(tokens, event_count, last_ts_ms)
+        active_days, purchase_count, purchase_days, spend, first_buy, last_buy = counters
         return cls(
-            tokens=tokens.reshape(n_tokens, NUM_FIELDS),
+            tokens=tokens,
             last_ts_ms=last_ts_ms,
             first_ts_ms=first_ts_ms,
             event_count=event_count,
@@ -223,6 +262,12 @@ class UserState:
             source_partition=source_partition,
             source_offset=source_offset,
             item_hashes=hashes,
+            active_days=int(active_days),
+            purchase_count=int(purchase_count),
+            purchase_days=int(purchase_days),
+            spend=float(spend),
+            first_purchase_ms=int(first_buy),
+            last_purchase_ms=int(last_buy),
         )
 
     def padded(self, max_len: int) -> npt.NDArray[np.int32]:
@@ -231,6 +276,21 @@ class UserState:
         recent = self.tokens[-max_len:] if max_len else self.tokens[:0]
         out[max_len - recent.shape[0] :] = recent
         return out
+
+
+def _counters_from_tokens(
+    tokens: npt.NDArray[np.uint16], event_count: int, last_ts_ms: int
+) -> list[int | float]:
+    """Counters for a state written before they existed: what its token rows show."""
+    purchases = int((tokens[:, 0] == PURCHASE_TOKEN).sum()) if tokens.size else 0
+    return [
+        1 if event_count else 0,
+        purchases,
+        1 if purchases else 0,
+        0.0,
+        last_ts_ms if purchases else 0,
+        last_ts_ms if purchases else 0,
+    ]
 
 
 def event_id_hash(event_id: str) -> int:
@@ -280,8 +340,10 @@ def apply_event(
         return state, False
 
     prev_ts_ms = state.last_ts_ms if state.event_count else None
+    row = tokenize(event, prev_ts_ms, vocab)
+    _count(state, event, prev_ts_ms, row[0])
     state.item_hashes = _append_hash(state._aligned_hashes(), item_hash(event.item_id), max_len)
-    state.tokens = _append_row(state.tokens, tokenize(event, prev_ts_ms, vocab), max_len)
+    state.tokens = _append_row(state.tokens, row, max_len)
     if prev_ts_ms is None:
         state.first_ts_ms = state.last_ts_ms = event.ts_ms
     elif event.ts_ms >= prev_ts_ms:
@@ -296,6 +358,27 @@ def apply_event(
     state.last_event_ids.append(event.event_id[:EVENT_ID_CHARS])
     del state.last_event_ids[:-LAST_EVENT_IDS]
     return state, True
+
+
+def _count(state: UserState, event: Event, prev_ts_ms: int | None, event_type: int) -> None:
+    """The exact counters (before the event moves last_ts_ms): see the module docstring."""
+    day = event.ts_ms // DAY_MS
+    in_order = prev_ts_ms is None or event.ts_ms >= prev_ts_ms
+    if prev_ts_ms is None or (in_order and day != prev_ts_ms // DAY_MS):
+        state.active_days += 1
+    if event_type != PURCHASE_TOKEN:
+        return
+    state.purchase_count += 1
+    state.spend += event.price or 0.0
+    if state.purchase_count == 1:
+        state.first_purchase_ms = state.last_purchase_ms = event.ts_ms
+        state.purchase_days = 1
+    elif event.ts_ms >= state.last_purchase_ms:
+        if day != state.last_purchase_ms // DAY_MS:
+            state.purchase_days += 1
+        state.last_purchase_ms = event.ts_ms
+    else:
+        state.first_purchase_ms = min(state.first_purchase_ms, event.ts_ms)
 
 
 def _append_hash(

@@ -94,10 +94,13 @@ class AlertRules:
             return self.churn_threshold, self.churn_rearm
         return served_threshold, served_threshold * self.churn_rearm / self.churn_threshold
 
-    def enough_history(self, state: UserState) -> bool:
+    def enough_history(self, state: UserState, now_ms: int) -> bool:
+        """churn_min_events events, and churn_min_history_s from the first event to the
+        scoring time: a silent re-score's silence is history observed too (a user seen on
+        one day and silent for three has three days of history)."""
         return (
             state.event_count >= self.churn_min_events
-            and state.last_ts_ms - state.first_ts_ms >= self.churn_min_history_s * 1000
+            and now_ms - state.first_ts_ms >= self.churn_min_history_s * 1000
         )
 
 
@@ -140,7 +143,8 @@ def evaluate(
 
     churn    alerts when >= the served version's churn_threshold (rules.churn_threshold when
              it carries none, NaN), armed, churn_cooldown_s passed and the user has enough
-             history (churn_min_events events over churn_min_history_s); it then stays
+             history (churn_min_events events, churn_min_history_s from the first event to
+             the scoring time, a silent re-score's silence included); it then stays
              disarmed until the risk falls below the re-arm level (hysteresis)
     anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
     burst    alerts when state.rate_per_s >= burst_events_per_s (a spike), or when at least
@@ -180,7 +184,7 @@ def evaluate(
             state.churn_armed = churn < rearm_below
         elif (
             churn >= alert_at
-            and rules.enough_history(state)
+            and rules.enough_history(state, now_ms)
             and _cooled_down(state.last_churn_alert_ms, now_ms, rules.churn_cooldown_s)
         ):
             threshold = alert_at

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from prometheus_client import Histogram
 
 from stream.contract.events import Rejection, ValidationLimits
+from stream.contract.features import stack_features
 from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.retry import Stopping, retry_forever, summary
@@ -63,6 +64,20 @@ class StateTable(Protocol):
 class Scorer(Protocol):
     async def score(
         self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+    ) -> ModelScores: ...
+
+
+class FeatureScorer(Scorer, Protocol):
+    """A scorer whose model may take behaviour features (TritonScorer): `takes_features`
+    says whether it does, once started."""
+
+    takes_features: bool
+
+    async def score(
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64] | None = None,
+        features: npt.NDArray[np.float32] | None = None,
     ) -> ModelScores: ...
 
 
@@ -172,10 +187,10 @@ class ScoringPipeline:
             users += [entry.user_id for _, entry, _ in silent]
             states += silent_states
             partitions += [partition for partition, _, _ in silent]
-        model = await self._scorer.score(tokens, item_hashes)
-        started = _observe(stage, "score", started)
         silent_ms = [0] * len(window.states)
         silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
+        model = await self._score(tokens, item_hashes, states, silent_ms)
+        started = _observe(stage, "score", started)
         keep = await self._dead_letter_refused(window, users, model)
         if len(keep) < len(users):
             users, states, partitions, silent_ms = _rows(keep, users, states, partitions, silent_ms)
@@ -209,7 +224,7 @@ class ScoringPipeline:
         length = self._settings.sequence_length
         tokens = silence_tokens(states, elapsed, self._vocab, length)
         users = [entry.user_id for _, entry, _ in ready]
-        model = await self._scorer.score(tokens, silence_item_hashes(states, length))
+        model = await self._score(tokens, silence_item_hashes(states, length), states, elapsed)
         # A refused silent re-score has no events to dead-letter: it is dropped, and the
         # user is due again at the next level of silence.
         keep = [i for i, why in enumerate(model.rejected) if why is None]
@@ -232,6 +247,22 @@ class ScoringPipeline:
         await asyncio.gather(
             self._publisher.results(scores, alerts), self._store.write(scores, alerts)
         )
+
+    async def _score(
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64],
+        states: list[UserState],
+        silent_ms: list[int],
+    ) -> ModelScores:
+        """Score these users; with their behaviour features at the scoring time (their last
+        event, plus the silence for a silent re-score) when the served model takes them."""
+        if not getattr(self._scorer, "takes_features", False):
+            return await self._scorer.score(tokens, item_hashes)
+        scorer: FeatureScorer = self._scorer  # type: ignore[assignment]
+        at = [state.last_ts_ms + silent for state, silent in zip(states, silent_ms, strict=True)]
+        features = stack_features(states, at, self._vocab)
+        return await scorer.score(tokens, item_hashes, features)
 
     def _due_silent(
         self, partitions: list[int], window_users: Mapping[str, UserState]

@@ -3,7 +3,10 @@
 A window's users are split into requests of at most `batch_size` sequences, each padded to
 the model's fixed length so Triton's dynamic batcher can merge them; with them go the users'
 item hashes (ITEM_HASHES) and back come their next items (NEXT_*) where the served model
-declares those. What a failed request does depends on its gRPC status (stream/faults.py):
+declares those; their behaviour features (FEATURES, stream/contract/features.py) go where it
+declares that input, and the worker then checks at start that the config's `feature_schema`
+is its own and refuses to run otherwise, as for a sequence length it does not send. What a
+failed request does depends on its gRPC status (stream/faults.py):
 
 - Triton down, slow or full (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`):
   retried with backoff for as long as it takes; the window waits, its events stay
@@ -31,7 +34,8 @@ import numpy.typing as npt
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from stream.contract.tokenizer import NUM_FIELDS
+from stream.contract.features import FeatureSchema
+from stream.contract.tokenizer import NUM_FIELDS, Vocabulary
 from stream.faults import is_request_rejected, is_transient_triton_error
 from stream.retry import retry_forever, summary
 from stream.settings import WorkerSettings
@@ -44,6 +48,8 @@ Columns = dict[str, npt.NDArray[np.float32]]  # output name -> one value per seq
 
 INPUT = "TOKENS"
 ITEM_INPUT = "ITEM_HASHES"
+FEATURE_INPUT = "FEATURES"
+FEATURE_SCHEMA = "feature_schema"  # the config.pbtxt parameter naming FEATURES' schema
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
 # The served version's churn alert threshold, per row (trainer/triton_model.py). Requested
 # only from a model whose config declares it; rows of a model without it get NaN.
@@ -146,8 +152,10 @@ class TritonScorer:
         *,
         health: Health | None = None,
         stop: asyncio.Event | None = None,
+        vocab: Vocabulary | None = None,
     ) -> None:
         self._settings = settings
+        self._schema = FeatureSchema(vocab or Vocabulary())
         self._client: grpcclient.InferenceServerClient | None = None
         self._limit = asyncio.Semaphore(settings.triton_max_concurrency)
         self._outputs: tuple[str, ...] = OUTPUTS
@@ -159,6 +167,7 @@ class TritonScorer:
             settings.retry_max_backoff_s, settings.reconnect_max_backoff_ms / 1000
         )
         self._items = False  # the model takes ITEM_HASHES and returns the next items
+        self.takes_features = False  # the model takes FEATURES (ScoringPipeline reads this)
 
     async def start(self) -> None:
         """Connect and wait (with backoff) until the model is ready; check its interface."""
@@ -174,6 +183,10 @@ class TritonScorer:
             max_backoff_s=self._max_backoff_s,
             stop=self._stop,
         )
+        self.configure(config)
+
+    def configure(self, config: Any) -> None:
+        """Adopt the served model's interface (its config, as Triton reports it)."""
         dims = [list(i.dims) for i in config.input if i.name == INPUT]
         expected = [self._settings.sequence_length, NUM_FIELDS]
         if dims != [expected]:
@@ -186,6 +199,17 @@ class TritonScorer:
         self._items = any(i.name == ITEM_INPUT for i in config.input) and any(
             o.name == NEXT_OUTPUTS[0] for o in config.output
         )
+        features = [list(i.dims) for i in config.input if i.name == FEATURE_INPUT]
+        self.takes_features = bool(features)
+        if not features:
+            return
+        declared = config.parameters[FEATURE_SCHEMA].string_value
+        if features != [[self._schema.count]] or declared != self._schema.version:
+            raise ModelMismatch(
+                f"model '{self._settings.triton_model}' takes {FEATURE_INPUT} {features} of "
+                f"schema {declared!r}, but this worker computes {self._schema.count} features "
+                f"of schema {self._schema.version!r}"
+            )
 
     async def _model_config(self) -> Any:
         assert self._client is not None
@@ -202,16 +226,27 @@ class TritonScorer:
             await self._client.close()
 
     async def score(
-        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64] | None = None
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64] | None = None,
+        features: npt.NDArray[np.float32] | None = None,
     ) -> ModelScores:
         """tokens: (users, sequence_length, NUM_FIELDS) int32, item_hashes: (users,
-        sequence_length) -> one score per user."""
+        sequence_length), features: (users, features) -> one score per user. Features are
+        sent only to a model that declares FEATURES."""
         size = self._settings.batch_size
         if item_hashes is None:
             item_hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
         starts = range(0, tokens.shape[0], size)
         results = await asyncio.gather(
-            *(self._score_chunk(tokens[i : i + size], item_hashes[i : i + size]) for i in starts)
+            *(
+                self._score_chunk(
+                    tokens[i : i + size],
+                    item_hashes[i : i + size],
+                    None if features is None else features[i : i + size],
+                )
+                for i in starts
+            )
         )
         versions: list[str] = []
         rejected: list[str | None] = []
@@ -237,13 +272,18 @@ class TritonScorer:
         )
 
     async def _score_chunk(
-        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64]
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64],
+        features: npt.NDArray[np.float32] | None,
     ) -> tuple[Columns, str, str | None, list[NextItems]]:
         """The chunk's output columns, its model version, why it was refused (or None), and
         its rows' next items."""
         rows = tokens.shape[0]
         try:
-            columns, version, items = await self._infer_until_answered(tokens, item_hashes)
+            columns, version, items = await self._infer_until_answered(
+                tokens, item_hashes, features
+            )
         except InferenceServerException as exc:
             if not is_request_rejected(exc):
                 raise
@@ -262,20 +302,43 @@ class TritonScorer:
                 MODEL, f"model '{self._settings.triton_model}' fails requests: {summary(exc)}"
             )
 
+    def request(
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64],
+        features: npt.NDArray[np.float32] | None,
+    ) -> tuple[list[grpcclient.InferInput], tuple[str, ...]]:
+        """The inputs of one request and the outputs to ask for, as the served model's
+        interface (`configure`) has them."""
+        tensor = grpcclient.InferInput(INPUT, list(tokens.shape), "INT64")
+        tensor.set_data_from_numpy(tokens.astype(np.int64))
+        inputs = [tensor]
+        names: tuple[str, ...] = self._outputs
+        if self._items:
+            hashes = grpcclient.InferInput(ITEM_INPUT, list(item_hashes.shape), "INT64")
+            hashes.set_data_from_numpy(item_hashes.astype(np.int64))
+            inputs.append(hashes)
+            names += NEXT_OUTPUTS
+        if self.takes_features and features is not None:
+            if features.shape != (tokens.shape[0], self._schema.count):
+                raise ValueError(
+                    f"{FEATURE_INPUT} must be ({tokens.shape[0]}, {self._schema.count}), "
+                    f"got {features.shape}"
+                )
+            values = grpcclient.InferInput(FEATURE_INPUT, list(features.shape), "FP32")
+            values.set_data_from_numpy(features.astype(np.float32))
+            inputs.append(values)
+        return inputs, names
+
     async def _infer_until_answered(
-        self, tokens: npt.NDArray[np.int32], item_hashes: npt.NDArray[np.int64]
+        self,
+        tokens: npt.NDArray[np.int32],
+        item_hashes: npt.NDArray[np.int64],
+        features: npt.NDArray[np.float32] | None,
     ) -> tuple[Columns, str, list[NextItems]]:
         async def infer() -> tuple[Columns, str, list[NextItems]]:
             assert self._client is not None
-            tensor = grpcclient.InferInput(INPUT, list(tokens.shape), "INT64")
-            tensor.set_data_from_numpy(tokens.astype(np.int64))
-            inputs = [tensor]
-            names: tuple[str, ...] = self._outputs
-            if self._items:
-                hashes = grpcclient.InferInput(ITEM_INPUT, list(item_hashes.shape), "INT64")
-                hashes.set_data_from_numpy(item_hashes.astype(np.int64))
-                inputs.append(hashes)
-                names += NEXT_OUTPUTS
+            inputs, names = self.request(tokens, item_hashes, features)
             outputs = [grpcclient.InferRequestedOutput(name) for name in names]
             async with self._limit:
                 started = time.perf_counter()

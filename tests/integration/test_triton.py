@@ -9,6 +9,8 @@ import pytest
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from stream.contract.features import FeatureSchema
+from stream.contract.tokenizer import Vocabulary
 from stream.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -43,10 +45,13 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
     finally:
         await client.close()
     assert config.max_batch_size >= stack_settings.batch_size
-    assert [i.name for i in config.input] == ["TOKENS", "ITEM_HASHES"]
+    assert [i.name for i in config.input] == ["TOKENS", "ITEM_HASHES", "FEATURES"]
     assert list(config.input[0].dims) == [stack_settings.sequence_length, FIELDS]
     assert list(config.input[1].dims) == [stack_settings.sequence_length]
     assert config.input[1].optional
+    schema = FeatureSchema(Vocabulary())
+    assert list(config.input[2].dims) == [schema.count] and config.input[2].optional
+    assert config.parameters["feature_schema"].string_value == schema.version
     outputs = {o.name: list(o.dims) for o in config.output}
     assert outputs["NEXT_ITEMS"] == outputs["NEXT_ITEM_PROBS"] == [10]
     assert outputs["NEXT_PURCHASE"] == outputs["CHURN_THRESHOLD"] == [1]
@@ -115,7 +120,8 @@ async def test_served_version_returns_real_next_items(stack_settings: Settings) 
 async def test_served_version_returns_its_churn_threshold_with_every_score(
     stack_settings: Settings,
 ) -> None:
-    """CHURN_THRESHOLD is the served version's model_config.json alert_thresholds.churn."""
+    """CHURN_THRESHOLD is the served version's model_config.json alert_thresholds.churn, for
+    requests with the behaviour features its churn head reads (NaN without them)."""
     folder = max(
         (p for p in (PROJECT_ROOT / "model_repo/clickscore").iterdir() if p.name.isdigit()),
         key=lambda p: int(p.name),
@@ -123,15 +129,17 @@ async def test_served_version_returns_its_churn_threshold_with_every_score(
     meta = json.loads((folder / "model_config.json").read_text())
     expected = meta["alert_thresholds"]["churn"]["threshold"]
     tokens = _tokens(batch=3, length=stack_settings.sequence_length)
+    features = np.zeros((3, FeatureSchema(Vocabulary()).count), dtype=np.float32)
     client = grpcclient.InferenceServerClient(stack_settings.triton_grpc_url)
     try:
         tensor = grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64")
         tensor.set_data_from_numpy(tokens)
-        result = await client.infer(
-            stack_settings.triton_model,
-            [tensor],
-            outputs=[grpcclient.InferRequestedOutput("CHURN_THRESHOLD")],
-        )
+        given = grpcclient.InferInput("FEATURES", list(features.shape), "FP32")
+        given.set_data_from_numpy(features)
+        outputs = [grpcclient.InferRequestedOutput("CHURN_THRESHOLD")]
+        result = await client.infer(stack_settings.triton_model, [tensor, given], outputs=outputs)
+        without = await client.infer(stack_settings.triton_model, [tensor], outputs=outputs)
     finally:
         await client.close()
     assert result.as_numpy("CHURN_THRESHOLD").reshape(-1).tolist() == pytest.approx([expected] * 3)
+    assert np.isnan(without.as_numpy("CHURN_THRESHOLD")).all()

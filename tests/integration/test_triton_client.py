@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stream.contract.features import NAMES
 from stream.contract.tokenizer import NUM_FIELDS
 from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local, process, triton
@@ -89,8 +90,8 @@ async def test_item_hashes_go_out_and_next_items_and_threshold_come_back(
     stack_settings: Settings,
 ) -> None:
     """Against the served version: next items of its own vocabulary for the users' item
-    hashes, its churn threshold on every row, and rows(keep) keeping them with their users;
-    a refused request's rows get neither."""
+    hashes, its churn threshold on every row (its churn head reads the features sent), and
+    rows(keep) keeping them with their users; a refused request's rows get neither."""
     folder = max(
         (p for p in (PROJECT_ROOT / "model_repo/clickscore").iterdir() if p.name.isdigit()),
         key=lambda p: int(p.name),
@@ -103,10 +104,12 @@ async def test_item_hashes_go_out_and_next_items_and_threshold_come_back(
     tokens[3, -1, 0] = 60_000  # the fourth sequence: the second request of two is refused
     hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
     hashes[:, -5:] = np.array(items["hashes"][:20], dtype=np.int64).reshape(4, 5)
+    features = np.zeros((4, len(NAMES)), dtype=np.float32)
     scorer = TritonScorer(settings)
     try:
         await scorer.start()
-        scores = await asyncio.wait_for(scorer.score(tokens, hashes), 30)
+        assert scorer.takes_features
+        scores = await asyncio.wait_for(scorer.score(tokens, hashes, features), 30)
     finally:
         await scorer.close()
     assert len(scores.next_items) == 4 and scores.next_purchase.shape == (4,)

@@ -306,6 +306,21 @@ def test_too_little_history_gets_no_churn_alert() -> None:
     assert all(quick.score(churn=0.95, rules=rules) == [] for _ in range(20))
 
 
+def test_silence_counts_as_history_for_a_silent_re_score() -> None:
+    rules = AlertRules(churn_min_events=3, churn_min_history_s=86_400)
+    user = User(gap_ms=60_000)
+    for _ in range(3):
+        assert user.score(churn=0.95, rules=rules) == []  # 3 events within 3 minutes
+    assert user.state is not None
+    # Re-scored after 12 h of silence: 12 h of history, still too little.
+    half_day = 12 * HOUR_MS
+    _, none = evaluate(user.state, "u-1", 0.95, 0.1, 0.1, "m", rules, silent_ms=half_day)
+    assert none == []
+    # After a day of silence the first event is a day old: enough to judge.
+    _, [alert] = evaluate(user.state, "u-1", 0.95, 0.1, 0.1, "m", rules, silent_ms=2 * half_day)
+    assert alert.kind == "churn" and alert.event_ts_ms == user.state.last_ts_ms + 2 * half_day
+
+
 def test_a_scripts_pace_kept_up_is_a_burst_though_never_a_spike() -> None:
     # A scraper: one page every 2 s, far below the 20 events/s spike rule.
     scraper = User("scraper-1", gap_ms=2_000)

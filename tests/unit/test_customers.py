@@ -12,6 +12,9 @@ import pytest
 
 from stream.cli import main
 from stream.contract.events import Event
+from stream.contract.features import NAMES, user_features
+from stream.contract.state import apply_event
+from stream.contract.tokenizer import Vocabulary
 from stream.datasets.cdnow import load_cdnow
 from stream.datasets.loaders import LoadStats
 from trainer.customers import bgnbd
@@ -141,6 +144,19 @@ def test_purchase_protocol_cuts_daily_back_from_the_end() -> None:
     assert labels[("v", end - DAY_MS)] == 0.0
     u_at_101 = cohort.features[cohort.customers.index("u") + 1]
     assert u_at_101[BEHAVIOUR.index("open_carts")] == 1.0
+    # The served model's input: the worker's state of the events before each cut-off.
+    vocab = Vocabulary()
+    for row, (customer, cutoff) in enumerate(zip(cohort.customers, cohort.cutoff_ms, strict=True)):
+        state = None
+        for e in sorted(events, key=lambda e: e.ts_ms):
+            if e.user_id == customer and e.ts_ms < cutoff:
+                state, _ = apply_event(state, e, vocab, 64)
+        assert state is not None
+        expected = user_features(state, int(cutoff), vocab)
+        np.testing.assert_allclose(cohort.state_features[row], expected)
+    served = dict(zip(NAMES, cohort.state_features[cohort.customers.index("u") + 1], strict=True))
+    assert served["log_open_carts"] == pytest.approx(np.log1p(1))
+    assert served["log_purchases"] == 0.0  # the purchase at hour 121 is after the cut-off
 
 
 def test_threshold_for_precision_takes_the_most_recall_at_the_target() -> None:
@@ -164,7 +180,7 @@ def test_scorecard_shape_and_the_served_model_beats_chance(tmp_path: Path) -> No
     _bgnbd_log(path, 600, seed=1)
     cohort = churn_cohort(load_cdnow(path), ChurnProtocol(39, 39))
     report = scorecard(cohort, ScorecardArgs(task="churn", bootstrap=50, alert_precision=0.6))
-    assert set(report["models"]) == {"model", "rfm_gbdt", "bgnbd", "recency"}
+    assert set(report["models"]) == {"model", "full_history", "rfm_gbdt", "bgnbd", "recency"}
     assert (
         report["customers"] == len(set(c for c in cohort.customers)) - report["training_customers"]
     )
@@ -172,8 +188,10 @@ def test_scorecard_shape_and_the_served_model_beats_chance(tmp_path: Path) -> No
         low, high = entry["roc_auc_ci95"]
         assert low <= entry["roc_auc"] <= high
     assert report["models"]["model"]["roc_auc"] > 0.6
-    assert set(report["differences"]) == {"rfm_gbdt", "bgnbd", "recency"}
+    assert set(report["differences"]) == {"full_history", "rfm_gbdt", "bgnbd", "recency"}
     assert report["served"]["candidate"] in report["served"]["validation"]
+    assert report["served"]["candidate"].startswith("logistic_c")  # the servable head
+    assert report["full_history"]["candidate"] in report["full_history"]["validation"]
 
 
 def test_evaluate_churn_command_prints_json(
@@ -226,5 +244,5 @@ def test_evaluate_purchase_command_on_a_taobao_format_file(
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["task"] == "purchase" and report["rows"] >= report["customers"] > 0
-    assert set(report["models"]) == {"model", "rfm_gbdt", "bgnbd", "recency"}
+    assert set(report["models"]) == {"model", "full_history", "rfm_gbdt", "bgnbd", "recency"}
     assert 0.0 < report["base_rate"] < 1.0

@@ -28,3 +28,22 @@ def test_both_configs_declare_the_same_interface() -> None:
     assert cpu.input == gpu.input and cpu.output == gpu.output
     # The worker's default request fits the CPU config the local stack serves.
     assert cpu.max_batch_size >= Settings.model_fields["batch_size"].default
+
+
+def test_the_served_version_runs_the_exported_entry_and_takes_the_workers_features() -> None:
+    from stream.contract.features import FeatureSchema
+    from stream.contract.tokenizer import Vocabulary
+    from trainer.export import TRITON_ENTRY, read_meta
+
+    served = max((p for p in MODEL.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert served.name == "6"
+    # The version folder holds a copy of trainer/triton_model.py, not a fork of it.
+    assert (served / "model.py").read_text() == TRITON_ENTRY.read_text()
+    schema = FeatureSchema(Vocabulary.from_dict(read_meta(served)["vocabulary"]))
+    assert read_meta(served)["feature_head"]["schema"]["version"] == schema.version
+    for name in ("config.pbtxt", "config.gpu.pbtxt"):
+        config = parse(name)
+        [features] = [i for i in config.input if i.name == "FEATURES"]
+        assert list(features.dims) == [schema.count] and features.optional
+        assert features.data_type == model_config_pb2.TYPE_FP32
+        assert config.parameters["feature_schema"].string_value == schema.version

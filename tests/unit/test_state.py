@@ -166,7 +166,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 99 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1493
+    assert len(state.to_bytes()) == 135 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1529
 
 
 def test_long_event_ids_truncated() -> None:
@@ -238,10 +238,17 @@ def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) 
     assert state.tokens.shape[1] == NUM_FIELDS
 
 
+def _older(current: bytes, version: int) -> bytes:
+    """Bytes of the same state as `version` wrote them: version 2 lacks the 36-byte counters
+    at the end of the header, version 1 also the 12-byte source offset before them."""
+    v2 = bytes([2]) + current[1:99] + current[135:]
+    return v2 if version == 2 else bytes([1]) + v2[1:87] + v2[99:]
+
+
 def test_version_1_states_still_load_without_an_applied_offset() -> None:
     state = feed([ev(i, T0 + i) for i in range(5)])
     state.mark_applied(2, 41)
-    v2 = state.to_bytes()
+    v2 = _older(state.to_bytes(), 2)
     # Version 1: the same bytes without the 12-byte source offset at the end of the header.
     v1 = bytes([1]) + v2[1:87] + v2[99:]
     old = UserState.from_bytes(v1)
@@ -252,13 +259,13 @@ def test_version_1_states_still_load_without_an_applied_offset() -> None:
     assert restored.has_applied(2, 41) and not restored.has_applied(2, 42)
     assert not restored.has_applied(1, 0)  # another partition: decided by event ids
     with pytest.raises(ValueError):
-        UserState.from_bytes(bytes([3]) + v2[1:])
+        UserState.from_bytes(bytes([4]) + state.to_bytes()[1:])
 
 
 def test_states_without_the_item_hash_section_still_load() -> None:
     state = feed([ev(i, T0 + i) for i in range(5)])
     state.mark_applied(2, 41)
-    current = state.to_bytes()
+    current = _older(state.to_bytes(), 2)
     assert current[1] & 2  # the item-hash flag; its section is the last 5 * 4 bytes
     # Version 2 and version 1 as written before item hashes existed: no flag, no section.
     v2 = bytearray(current[: -5 * 4])
@@ -274,3 +281,50 @@ def test_states_without_the_item_hash_section_still_load() -> None:
     # Version 1 bytes that do carry the section load their hashes too.
     v1_items = bytes([1]) + current[1:87] + current[99:]
     assert UserState.from_bytes(v1_items).item_hashes.tolist() == state.item_hashes.tolist()
+
+
+DAY = 86_400_000
+
+
+def test_counters_count_purchases_spend_and_days_exactly() -> None:
+    day0 = (T0 // DAY) * DAY
+    events = [
+        ev(0, day0 + 1_000),
+        ev(1, day0 + 2_000, "purchase"),  # price 1.0
+        ev(2, day0 + 3_000, "buy"),  # an alias of purchase, price 2.0, same day
+        ev(3, day0 + DAY + 5, "view"),
+        ev(4, day0 + 3 * DAY, "purchase"),  # price 4.0, a new purchase day
+        ev(5, day0 + 2 * DAY, "purchase"),  # out of order: counts, starts no day
+    ]
+    state = feed(events)
+    assert state.active_days == 3  # day 0, day 1, day 3
+    assert state.purchase_count == 4 and state.purchase_days == 2
+    assert state.spend == 1.0 + 2.0 + 4.0 + 5.0
+    assert (state.first_purchase_ms, state.last_purchase_ms) == (day0 + 2_000, day0 + 3 * DAY)
+    again = UserState.from_bytes(state.to_bytes())
+    assert (again.active_days, again.purchase_count, again.purchase_days) == (3, 4, 2)
+    assert (again.spend, again.first_purchase_ms, again.last_purchase_ms) == (
+        12.0,
+        day0 + 2_000,
+        day0 + 3 * DAY,
+    )
+
+
+def test_a_duplicate_event_counts_once() -> None:
+    state = feed([ev(1, T0, "purchase"), ev(1, T0 + 5, "purchase")])
+    assert (state.purchase_count, state.spend, state.event_count) == (1, 1.0, 1)
+
+
+def test_version_2_states_load_with_counters_from_their_token_rows() -> None:
+    state = feed([ev(0, T0), ev(1, T0 + DAY, "purchase"), ev(2, T0 + 2 * DAY, "purchase")])
+    state.mark_applied(1, 7)
+    for version in (2, 1):
+        old = UserState.from_bytes(_older(state.to_bytes(), version))
+        assert old.event_count == 3 and np.array_equal(old.tokens, state.tokens)
+        # What the rows show: two purchases, of unknown spend, dated at the last event.
+        assert (old.active_days, old.purchase_count, old.purchase_days, old.spend) == (1, 2, 1, 0.0)
+        assert old.first_purchase_ms == old.last_purchase_ms == T0 + 2 * DAY
+        # Written again it is a version 3 state and counts on from there.
+        assert UserState.from_bytes(old.to_bytes()).to_bytes()[0] == 3
+        later, _ = apply_event(old, ev(3, T0 + 3 * DAY, "purchase"), VOCAB, 64)
+        assert (later.purchase_count, later.purchase_days, later.active_days) == (3, 2, 2)

@@ -105,21 +105,26 @@ def render(report: dict[str, Any]) -> str:
         f"({report['rows']} cut-offs; {report['training_customers']} customers trained on); "
         f"{report['base_rate']:.1%} {what} within {_horizon(report['horizon_weeks'])}",
         "",
-        f"{'':10} {'ROC-AUC [95% interval]':>26} {'PR-AUC [95% interval]':>26}",
+        f"{'':12} {'ROC-AUC [95% interval]':>26} {'PR-AUC [95% interval]':>26}",
     ]
     for name, entry in report["models"].items():
-        lines.append(f"{name:10} {_ci(entry, 'roc_auc'):>26} {_ci(entry, 'pr_auc'):>26}")
+        lines.append(f"{name:12} {_ci(entry, 'roc_auc'):>26} {_ci(entry, 'pr_auc'):>26}")
     lines += ["", "model minus baseline (paired bootstrap of the difference):"]
     for name, entry in report["differences"].items():
-        verdict = [
-            f"{m} {'wins' if entry[f'{m}_wins'] else 'within the interval'}"
-            for m in ("roc_auc", "pr_auc")
-        ]
+        verdict = [f"{m} {_verdict(entry, m)}" for m in ("roc_auc", "pr_auc")]
         lines.append(
-            f"  {name:9} ROC-AUC {_ci(entry, 'roc_auc')}  PR-AUC {_ci(entry, 'pr_auc')}  "
+            f"  {name:12} ROC-AUC {_ci(entry, 'roc_auc')}  PR-AUC {_ci(entry, 'pr_auc')}  "
             f"({', '.join(verdict)})"
         )
-    lines.append(f"\nserved configuration: {report['served']['candidate']} (picked on validation)")
+    lines.append(
+        f"\nmodel (served): feature head {report['served']['candidate']} on the user state's "
+        "features (picked on validation)"
+    )
+    if "full_history" in report:
+        lines.append(
+            f"full_history (not served): {report['full_history']['candidate']} on features of "
+            "the whole history and BG/NBD (picked on validation)"
+        )
     alert = report["alert"]
     if alert.get("threshold") is None:
         lines.append(
@@ -133,6 +138,12 @@ def render(report: dict[str, Any]) -> str:
             f"{_num(held['recall'])}, base rate {_num(held['base_rate'])}"
         )
     return "\n".join(lines)
+
+
+def _verdict(entry: dict[str, Any], metric: str) -> str:
+    if entry[f"{metric}_wins"]:
+        return "wins"
+    return "loses" if entry[f"{metric}_ci95"][1] < 0 else "within the interval"
 
 
 def _horizon(weeks: float) -> str:

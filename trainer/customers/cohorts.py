@@ -13,6 +13,10 @@ by a stable hash of their id (`trainer.data.held_out`), so no customer is on bot
               after the cut-off. Customers are those with an event before the cut-off; a
               customer appears once per cut-off, so intervals resample customers, not rows.
 
+Every row also carries the served model's input: the customer's events before the cut-off folded
+through the worker's own `apply_event` into a user state, and that state's behaviour features
+at the cut-off (stream/contract/features.py), exactly what the worker would send at that time.
+
 A clickstream's start is its 1st-percentile timestamp, so a few stray early rows (Taobao has
 some) do not stretch it; a purchase log's is its first purchase day.
 """
@@ -21,12 +25,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
+from stream.contract.features import NAMES, user_features
+from stream.contract.state import UserState, apply_event
+from stream.contract.tokenizer import Vocabulary
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -81,6 +88,10 @@ class Cohort:
     cutoff_ms: npt.NDArray[np.int64]
     bgnbd_inputs: npt.NDArray[np.float64]  # (n, 3): x, t_x, T in weeks
     horizon_weeks: float
+    # (n, len(features.NAMES)): from the state the worker would hold at the cut-off
+    state_features: npt.NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros((0, len(NAMES)))
+    )
 
     def __len__(self) -> int:
         return len(self.customers)
@@ -175,22 +186,45 @@ def behaviour(history: Sequence[Event], cutoff_ms: int) -> tuple[list[float], li
     return row, bgnbd
 
 
+class StateAt:
+    """A customer's history folded through the worker's apply_event, up to each cut-off."""
+
+    def __init__(self, history: Sequence[Event], vocab: Vocabulary, length: int) -> None:
+        self.history, self.vocab, self.length = history, vocab, length
+        self.state: UserState | None = None
+        self.next = 0
+
+    def features(self, cutoff_ms: int) -> list[float]:
+        """Behaviour features at cutoff_ms of the events before it (cut-offs ascending)."""
+        while self.next < len(self.history) and self.history[self.next].ts_ms < cutoff_ms:
+            self.state, _ = apply_event(
+                self.state, self.history[self.next], self.vocab, self.length
+            )
+            self.next += 1
+        return user_features(self.state or UserState(), cutoff_ms, self.vocab)
+
+
 def _cohort(
     histories: dict[str, list[Event]],
     cutoffs: Sequence[int],
     horizon_ms: int,
     label: str,
+    vocab: Vocabulary | None = None,
+    sequence_length: int = 64,
 ) -> Cohort:
-    rows, inputs, labels, customers, at = [], [], [], [], []
+    vocab = vocab or Vocabulary()
+    rows, inputs, labels, customers, at, served = [], [], [], [], [], []
     for customer in sorted(histories):
         history = histories[customer]
         ts = np.array([e.ts_ms for e in history], dtype=np.int64)
         bought = np.array([e.event_type == "purchase" for e in history])
-        for cutoff in cutoffs:
+        folded = StateAt(history, vocab, sequence_length)
+        for cutoff in sorted(cutoffs):
             if ts[0] >= cutoff or (label == "churn" and not bought[ts < cutoff].any()):
                 continue
             ahead = (ts >= cutoff) & (ts < cutoff + horizon_ms) & bought
             row, bgnbd = behaviour(history, cutoff)
+            served.append(folded.features(cutoff))
             rows.append(row)
             inputs.append(bgnbd)
             labels.append(float(not ahead.any()) if label == "churn" else float(ahead.any()))
@@ -203,6 +237,7 @@ def _cohort(
         cutoff_ms=np.array(at, dtype=np.int64),
         bgnbd_inputs=np.array(inputs, dtype=np.float64).reshape(-1, 3),
         horizon_weeks=horizon_ms / WEEK_MS,
+        state_features=np.array(served, dtype=np.float64).reshape(-1, len(NAMES)),
     )
 
 

@@ -1,9 +1,15 @@
 """Churn and purchase on real customers: the served scorer against the baselines people use.
 
-    model     the served configuration: gradient boosting (or a logistic regression, when it
-              wins on validation) over trainer.customers.cohorts.BEHAVIOUR plus BG/NBD's P(alive)
-              and expected purchases; the candidate is picked on a validation split of the
-              training customers only, then refitted on all of them
+    model         the served configuration: the behaviour-feature head the worker's model
+                  serves (trainer/customers/head.py: standardised stream/contract/features.py
+                  features of the state the worker would hold at the cut-off, a logistic
+                  regression in the regularisation that wins on validation)
+    full_history  not servable from a user state: gradient boosting (or a logistic
+                  regression, when it wins on validation) over trainer.customers.cohorts.
+                  BEHAVIOUR, computed from the customer's whole history, plus BG/NBD's P(alive)
+                  and expected purchases
+    Both pick their candidate on a validation split of the training customers only, then
+    refit on all of them.
     rfm_gbdt  gradient boosting with scikit-learn's defaults on RFM features (recency, age,
               events, purchases, spend): what a team without this project would fit first
     bgnbd     BG/NBD fitted on the training customers; churn = exp(-expected purchases over
@@ -32,6 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from trainer.customers import bgnbd
 from trainer.customers.cohorts import RFM, Cohort
+from trainer.customers.head import FeatureHead, pick_head
 from trainer.data import held_out
 from trainer.thresholds import precision_recall_at, threshold_for_precision
 
@@ -124,13 +131,32 @@ class Served:
     scores: Array  # on the held-out rows
     validation_labels: Array
     validation_scores: Array  # the picked candidate's, fitted without the validation rows
+    head: FeatureHead | None = None  # the served head; None for the full-history model
 
 
-def fit_served(train: Cohort, test: Cohort, args: ScorecardArgs) -> Served:
+def _inner_split(train: Cohort, args: ScorecardArgs) -> tuple[Cohort, Cohort]:
     inner = np.array(
         [held_out(c, args.validation_fraction, args.seed + 1) for c in train.customers]
     )
-    fit_part, check = train.subset(~inner), train.subset(inner)
+    return train.subset(~inner), train.subset(inner)
+
+
+def fit_state_head(train: Cohort, test: Cohort, args: ScorecardArgs) -> Served:
+    """The served configuration: the feature head on the states' features."""
+    fit_part, check = _inner_split(train, args)
+    picked = pick_head(fit_part.state_features, fit_part.label, check.state_features, check.label)
+    return Served(
+        picked.head.candidate,
+        picked.validation,
+        picked.head.scores(test.state_features),
+        check.label,
+        picked.check_scores,
+        picked.head,
+    )
+
+
+def fit_full_history(train: Cohort, test: Cohort, args: ScorecardArgs) -> Served:
+    fit_part, check = _inner_split(train, args)
     fitted_inner = bgnbd.fit(*fit_part.bgnbd_inputs.T)
     x_fit, x_check = _model_features(fitted_inner, fit_part), _model_features(fitted_inner, check)
     validation: dict[str, dict[str, float]] = {}
@@ -256,8 +282,13 @@ def scorecard(cohort: Cohort, args: ScorecardArgs) -> dict[str, Any]:
     for part, name in ((train, "training"), (test, "held-out")):
         if not 0 < part.label.sum() < len(part):
             raise ValueError(f"the {name} customers hold only one class; more data is needed")
-    served = fit_served(train, test, args)
-    scores = {"model": served.scores, **baseline_scores(train, test, args.task, args.seed)}
+    served = fit_state_head(train, test, args)
+    full = fit_full_history(train, test, args)
+    scores = {
+        "model": served.scores,
+        "full_history": full.scores,
+        **baseline_scores(train, test, args.task, args.seed),
+    }
     models, differences = bootstrap(test.label, scores, test.customers, args.bootstrap, args.seed)
     picked = threshold_for_precision(
         served.validation_labels, served.validation_scores, args.alert_precision
@@ -278,6 +309,11 @@ def scorecard(cohort: Cohort, args: ScorecardArgs) -> dict[str, Any]:
         "bootstrap_rounds": args.bootstrap,
         "models": models,
         "differences": differences,
-        "served": {"candidate": served.candidate, "validation": served.validation},
+        "served": {
+            "candidate": served.candidate,
+            "features": "user state (stream/contract/features.py)",
+            "validation": served.validation,
+        },
+        "full_history": {"candidate": full.candidate, "validation": full.validation},
         "alert": alert,
     }
