@@ -1,9 +1,10 @@
 """Per-user rolling state, kept in the worker's changelogged table as compact bytes.
 
-Binary layout (little-endian), version 2:
+Binary layout (little-endian), version 3:
 
-    header   99 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
-                       and offset (int64) of the last message applied
+    header   107 bytes see _HEADER: version 1's 87 bytes, then the source partition (int32)
+                       and offset (int64) of the last message applied (version 2's 99 bytes),
+                       then the event time of the last takeover alert (int64)
 
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
@@ -15,8 +16,9 @@ The item hashes are the raw items as each model version needs them: a version ma
 its own item vocabulary, so promoting a version with new items invalidates no state.
 
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-99 + 768 + 256 + 114 + 256 = 1493 bytes. Version 1 states (no source offset) still load, as states
-that have applied no message yet by offset.
+107 + 768 + 256 + 114 + 256 = 1501 bytes. Version 1 states (no source offset) still load, as states
+that have applied no message yet by offset; version 1 and 2 states load with no takeover alert
+yet.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
 into it, and a message at or below it is skipped. A worker that crashes after writing states
@@ -38,8 +40,8 @@ import numpy.typing as npt
 from stream.contract.events import Event
 from stream.contract.tokenizer import NUM_FIELDS, Vocabulary, item_hash, tokenize
 
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 NO_OFFSET = -1
 DEFAULT_MAX_IDS = 32  # at-least-once redelivery repeats a user's last few events, not dozens
 LAST_EVENT_IDS = 3
@@ -54,7 +56,9 @@ PRIOR_GAP_S = 60.0
 MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 1000/s
 
 _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
-_HEADER = struct.Struct("<BBHBBBqqqddddqqqiq")
+_HEADER_V2 = struct.Struct("<BBHBBBqqqddddqqqiq")
+_HEADER = struct.Struct("<BBHBBBqqqddddqqqiqq")
+_HEADERS = {1: _HEADER_V1, 2: _HEADER_V2, 3: _HEADER}
 _LEN = struct.Struct("<H")
 _FLAG_CHURN_ARMED = 1
 _FLAG_ITEM_HASHES = 2
@@ -85,6 +89,7 @@ class UserState:
     last_churn_alert_ms: int = 0
     last_anomaly_alert_ms: int = 0
     last_burst_alert_ms: int = 0
+    last_takeover_alert_ms: int = 0
     last_event_ids: list[str] = field(default_factory=list)
     source_partition: int = NO_OFFSET
     source_offset: int = NO_OFFSET
@@ -125,6 +130,7 @@ class UserState:
                 self.last_burst_alert_ms,
                 self.source_partition,
                 self.source_offset,
+                self.last_takeover_alert_ms,
             ),
             self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
             struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
@@ -147,10 +153,11 @@ class UserState:
     def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of to_bytes; ValueError for another version or damaged bytes."""
         version = data[0] if data else 0
-        header = _HEADER if version == STATE_VERSION else _HEADER_V1
+        header = _HEADERS.get(version, _HEADER)
         if version not in READABLE_VERSIONS or len(data) < header.size:
             raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
         source_partition = source_offset = NO_OFFSET
+        last_takeover_alert_ms = 0
         (
             _,
             flags,
@@ -171,7 +178,9 @@ class UserState:
             *source,
         ) = header.unpack_from(data)
         if source:
-            source_partition, source_offset = source
+            source_partition, source_offset, *takeover = source
+            if takeover:
+                (last_takeover_alert_ms,) = takeover
         if n_fields != NUM_FIELDS:
             raise ValueError(f"state has {n_fields} token fields, expected {NUM_FIELDS}")
         offset = header.size
@@ -219,6 +228,7 @@ class UserState:
             last_churn_alert_ms=last_churn_alert_ms,
             last_anomaly_alert_ms=last_anomaly_alert_ms,
             last_burst_alert_ms=last_burst_alert_ms,
+            last_takeover_alert_ms=last_takeover_alert_ms,
             last_event_ids=last,
             source_partition=source_partition,
             source_offset=source_offset,

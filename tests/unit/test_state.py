@@ -145,6 +145,7 @@ def test_round_trip_exact() -> None:
     state.churn, state.purchase, state.anomaly = 0.25, 0.5, math.nan
     state.churn_armed = False
     state.last_churn_alert_ms, state.last_anomaly_alert_ms, state.last_burst_alert_ms = 1, 2, 3
+    state.last_takeover_alert_ms = 4
     state.last_event_ids = ["ü😀", "x" * 64, ""]
     data = state.to_bytes()
     again = UserState.from_bytes(data)
@@ -154,6 +155,7 @@ def test_round_trip_exact() -> None:
     assert again.recent_event_ids == state.recent_event_ids
     assert (again.churn, again.purchase) == (0.25, 0.5) and math.isnan(again.anomaly)
     assert not again.churn_armed
+    assert again.last_takeover_alert_ms == 4
     assert again.last_event_ids == state.last_event_ids
     assert (again.event_count, again.rate_per_s) == (state.event_count, state.rate_per_s)
 
@@ -166,7 +168,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 99 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1493
+    assert len(state.to_bytes()) == 107 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1501
 
 
 def test_long_event_ids_truncated() -> None:
@@ -241,9 +243,11 @@ def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) 
 def test_version_1_states_still_load_without_an_applied_offset() -> None:
     state = feed([ev(i, T0 + i) for i in range(5)])
     state.mark_applied(2, 41)
-    v2 = state.to_bytes()
-    # Version 1: the same bytes without the 12-byte source offset at the end of the header.
-    v1 = bytes([1]) + v2[1:87] + v2[99:]
+    v3 = state.to_bytes()
+    # Version 2: without the 8-byte takeover alert time at the end of the header; version 1
+    # also without the 12-byte source offset before it.
+    v2 = bytes([2]) + v3[1:99] + v3[107:]
+    v1 = bytes([1]) + v3[1:87] + v3[107:]
     old = UserState.from_bytes(v1)
     assert (old.source_partition, old.source_offset) == (-1, -1)
     assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
@@ -252,7 +256,22 @@ def test_version_1_states_still_load_without_an_applied_offset() -> None:
     assert restored.has_applied(2, 41) and not restored.has_applied(2, 42)
     assert not restored.has_applied(1, 0)  # another partition: decided by event ids
     with pytest.raises(ValueError):
-        UserState.from_bytes(bytes([3]) + v2[1:])
+        UserState.from_bytes(bytes([4]) + v3[1:])
+
+
+def test_version_2_states_load_with_no_takeover_alert_yet() -> None:
+    state = feed([ev(i, T0 + i) for i in range(5)])
+    state.mark_applied(2, 41)
+    state.last_burst_alert_ms, state.last_takeover_alert_ms = 7, 9
+    v3 = state.to_bytes()
+    old = UserState.from_bytes(bytes([2]) + v3[1:99] + v3[107:])
+    assert old.last_takeover_alert_ms == 0 and old.last_burst_alert_ms == 7
+    assert (old.source_partition, old.source_offset) == (2, 41)
+    assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
+    assert UserState.from_bytes(v3).last_takeover_alert_ms == 9
+    # A version 2 header with version 3's length is damage, not a takeover time.
+    with pytest.raises(ValueError):
+        UserState.from_bytes(bytes([2]) + v3[1:])
 
 
 def test_states_without_the_item_hash_section_still_load() -> None:
@@ -261,9 +280,10 @@ def test_states_without_the_item_hash_section_still_load() -> None:
     current = state.to_bytes()
     assert current[1] & 2  # the item-hash flag; its section is the last 5 * 4 bytes
     # Version 2 and version 1 as written before item hashes existed: no flag, no section.
-    v2 = bytearray(current[: -5 * 4])
-    v2[1] &= ~2
-    v1 = bytes([1]) + bytes(v2[1:87]) + bytes(v2[99:])
+    no_items = bytearray(current[: -5 * 4])
+    no_items[1] &= ~2
+    v2 = bytes([2]) + bytes(no_items[1:99]) + bytes(no_items[107:])
+    v1 = bytes([1]) + bytes(no_items[1:87]) + bytes(no_items[107:])
     for data, source in ((bytes(v2), (2, 41)), (v1, (-1, -1))):
         old = UserState.from_bytes(data)
         assert (old.source_partition, old.source_offset) == source
@@ -272,5 +292,5 @@ def test_states_without_the_item_hash_section_still_load() -> None:
         # Written again, it carries the section (all 0) and reads back the same.
         assert UserState.from_bytes(old.to_bytes()) == old
     # Version 1 bytes that do carry the section load their hashes too.
-    v1_items = bytes([1]) + current[1:87] + current[99:]
+    v1_items = bytes([1]) + current[1:87] + current[107:]
     assert UserState.from_bytes(v1_items).item_hashes.tolist() == state.item_hashes.tolist()
