@@ -262,3 +262,23 @@ def test_takeover_defaults_flag_every_takeover_and_no_person_of_the_generator() 
     assert not early
     # A hoarding bot on a new platform carts unfamiliar items too: an anomaly all the same.
     assert all(truth[u].anomaly is not None for u in flagged)
+
+
+def test_takeover_rules_from_settings() -> None:
+    from stream.settings import Settings
+
+    settings = Settings(
+        takeover_unfamiliar_carts=0, takeover_min_history_events=20, takeover_min_share=0.5
+    )
+    rules = AlertRules.from_settings(settings)
+    assert (
+        rules.takeover_unfamiliar_carts,
+        rules.takeover_min_history_events,
+        rules.takeover_min_share,
+    ) == (0, 20, 0.5)
+    # Off: the intruder above raises no alert at all.
+    account = Account()
+    account.owner_history(12)
+    account.intruder(carts=4)
+    assert _evaluate(account, rules) == []
+    assert _evaluate(account, RULES) != []
