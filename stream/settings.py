@@ -246,6 +246,24 @@ class WorkerSettings(
         le=32,
         description="Of a user's last 32 events, how many under 5 s apart is a burst; 0: off.",
     )
+    # Calibrated on the synthetic generator (docs/evaluation.md, "Takeovers"): a session on a
+    # platform the account's earlier kept events never used, going straight for categories
+    # they never touched.
+    takeover_unfamiliar_carts: int = Field(
+        3,
+        ge=0,
+        description="Carts/purchases in unfamiliar categories, on a new platform, that make "
+        "a takeover; 0: off.",
+    )
+    takeover_min_history_events: int = Field(
+        8, ge=1, description="Earlier events a user needs before the takeover rule applies."
+    )
+    takeover_min_share: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Least share of the new session's events those unfamiliar carts must be.",
+    )
 
     window_max_events: int = Field(
         2048, ge=1, description="Most events read into one scoring window."

@@ -2,11 +2,12 @@
 
 Binary layout (little-endian), version 3:
 
-    header   135 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
+    header   143 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
                         and offset (int64) of the last message applied (version 2's 99 bytes),
                         then the exact behaviour counters (_COUNTERS, 36 bytes): active days,
                         purchases, purchase days (int32), spend (float64), first and last
-                        purchase time (int64 ms, 0 for none)
+                        purchase time (int64 ms, 0 for none), then the event time of the last
+                        takeover alert (int64)
 
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
@@ -23,11 +24,11 @@ a UTC day of event time; an event older than the newest one counts as a purchase
 new active or purchase day (the state cannot know whether that day was already counted).
 
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-135 + 768 + 256 + 114 + 256 = 1529 bytes. Version 1 states (no source offset) still load, as states
+143 + 768 + 256 + 114 + 256 = 1537 bytes. Version 1 states (no source offset) still load, as states
 that have applied no message yet by offset; version 1 and 2 states (no counters) load with the
 counters they can be given: one active day per state with events, the purchases among the
 token rows it keeps on one purchase day dated at its last event, and a spend of 0 (unknown);
-they count exactly from then on.
+they count exactly from then on, and with no takeover alert yet.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
 into it, and a message at or below it is skipped. A worker that crashes after writing states
@@ -74,7 +75,8 @@ MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 10
 _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
 _HEADER_V2 = struct.Struct("<BBHBBBqqqddddqqqiq")
 _COUNTERS = struct.Struct("<iiidqq")
-_HEADER = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:])
+_HEADER = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:] + "q")
+_HEADERS = {1: _HEADER_V1, 2: _HEADER_V2, 3: _HEADER}
 DAY_MS = 86_400_000
 PURCHASE_TOKEN = NUM_SPECIAL + EVENT_TYPES.index("purchase")
 _LEN = struct.Struct("<H")
@@ -107,6 +109,7 @@ class UserState:
     last_churn_alert_ms: int = 0
     last_anomaly_alert_ms: int = 0
     last_burst_alert_ms: int = 0
+    last_takeover_alert_ms: int = 0
     last_event_ids: list[str] = field(default_factory=list)
     source_partition: int = NO_OFFSET
     source_offset: int = NO_OFFSET
@@ -159,6 +162,7 @@ class UserState:
                 self.spend,
                 self.first_purchase_ms,
                 self.last_purchase_ms,
+                self.last_takeover_alert_ms,
             ),
             self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
             struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
@@ -181,11 +185,12 @@ class UserState:
     def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of to_bytes; ValueError for another version or damaged bytes."""
         version = data[0] if data else 0
-        header = {1: _HEADER_V1, 2: _HEADER_V2}.get(version, _HEADER)
+        header = _HEADERS.get(version, _HEADER)
         if version not in READABLE_VERSIONS or len(data) < header.size:
             raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
         source_partition = source_offset = NO_OFFSET
         counters: list[int | float] = []
+        last_takeover_alert_ms = 0
         (
             _,
             flags,
@@ -207,6 +212,8 @@ class UserState:
         ) = header.unpack_from(data)
         if rest:
             source_partition, source_offset, *counters = rest
+            if counters:  # version 3: the behaviour counters, then the takeover alert time
+                last_takeover_alert_ms = int(counters.pop())
         if n_fields != NUM_FIELDS:
             raise ValueError(f"state has {n_fields} token fields, expected {NUM_FIELDS}")
         offset = header.size
@@ -258,6 +265,7 @@ class UserState:
             last_churn_alert_ms=last_churn_alert_ms,
             last_anomaly_alert_ms=last_anomaly_alert_ms,
             last_burst_alert_ms=last_burst_alert_ms,
+            last_takeover_alert_ms=last_takeover_alert_ms,
             last_event_ids=last,
             source_partition=source_partition,
             source_offset=source_offset,

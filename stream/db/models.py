@@ -50,7 +50,8 @@ class UserScore(Base):
 
 
 class Alert(Base):
-    """Churn and anomaly alerts, keyed by a deterministic alert id (insert-if-absent)."""
+    """Churn, anomaly, burst and takeover alerts, keyed by a deterministic alert id
+    (insert-if-absent)."""
 
     __tablename__ = "alerts"
 

@@ -49,6 +49,7 @@ from stream.demo.report import (
 from stream.demo.report_data import RunResults, read_results, served_model_evaluation
 from stream.ops.progress import wait_for_scores
 from stream.ops.replay import ensure_topic, replay
+from stream.scoring.alerts import ANOMALY, BURST, CHURN, TAKEOVER
 from stream.settings import Settings
 from stream.stack import local, postgres, process
 from stream.stack.process import free_port, spawn_command
@@ -271,17 +272,22 @@ def _accuracy(results: RunResults, truth: dict[str, UserTruth]) -> list[Precisio
         by_kind.setdefault(kind, set()).add(user)
     churners = {u for u, t in truth.items() if t.persona == "churner"}
     anomalous = {u for u, t in truth.items() if t.anomaly is not None}
-    flagged = by_kind.get("anomaly", set()) | by_kind.get("burst", set())
+    takeovers = {u for u, t in truth.items() if t.anomaly == "takeover"}
+    flagged = set().union(*(by_kind.get(kind, set()) for kind in (ANOMALY, BURST, TAKEOVER)))
     users = len(truth)
     return [
-        precision_recall("churn alerts vs churners", by_kind.get("churn", set()), churners, users),
+        precision_recall("churn alerts vs churners", by_kind.get(CHURN, set()), churners, users),
         precision_recall(
-            "anomaly alerts vs anomalies", by_kind.get("anomaly", set()), anomalous, users
+            "anomaly alerts vs anomalies", by_kind.get(ANOMALY, set()), anomalous, users
+        ),
+        precision_recall("burst alerts vs anomalies", by_kind.get(BURST, set()), anomalous, users),
+        precision_recall(
+            "takeover alerts vs anomalies", by_kind.get(TAKEOVER, set()), anomalous, users
         ),
         precision_recall(
-            "burst alerts vs anomalies", by_kind.get("burst", set()), anomalous, users
+            "takeover alerts vs takeovers", by_kind.get(TAKEOVER, set()), takeovers, users
         ),
-        precision_recall("anomaly+burst vs anomalies", flagged, anomalous, users),
+        precision_recall("anomaly+burst+takeover vs anomalies", flagged, anomalous, users),
     ]
 
 
@@ -355,7 +361,7 @@ def _print_summary(run: _Run, results: RunResults, accuracy: Sequence[PrecisionR
     print(f"  {PRECISION_TEXT}\n  {RECALL_TEXT}\n  {BASE_RATE_TEXT}")
     for row in accuracy:
         print(
-            f"  {row.label:<28} precision {_ratio(row.precision)}  recall {_ratio(row.recall)}"
+            f"  {row.label:<36} precision {_ratio(row.precision)}  recall {_ratio(row.recall)}"
             f"  base rate {_ratio(row.base_rate)}  ({row.flagged} flagged, {row.actual} true)"
         )
 

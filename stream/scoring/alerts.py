@@ -15,8 +15,9 @@ Alert record on the alerts topic (`alert_to_json`), schema_version 1:
     schema_version  1
     alert_id        32 hex chars, blake2b("{kind}|{user_id}|{previous alert's event time}")
     user_id         str
-    kind            "churn" | "anomaly" | "burst"
-    score           churn risk, anomaly score, or events/s for a burst
+    kind            "churn" | "anomaly" | "burst" | "takeover"
+    score           churn risk, anomaly score, events/s or fast events for a burst, or
+                    unfamiliar carts for a takeover
     threshold       the rule's threshold that was crossed
     model_version   str, the model that produced the score
     event_ids       up to 3 most recent event ids, oldest first; the last one triggered it
@@ -35,6 +36,7 @@ import orjson
 
 from stream.contract.state import UserState
 from stream.contract.tokenizer import FIELDS, GAP_EDGES_S, OUT_OF_ORDER
+from stream.scoring.takeover import looks_like_takeover, newest_session
 
 if TYPE_CHECKING:
     from stream.settings import WorkerSettings
@@ -49,6 +51,7 @@ _FAST_GAP_TOKENS = range(OUT_OF_ORDER + 1, OUT_OF_ORDER + 2 + GAP_EDGES_S.index(
 CHURN = "churn"
 ANOMALY = "anomaly"
 BURST = "burst"
+TAKEOVER = "takeover"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class AlertRules:
     anomaly_cooldown_s: int = 3_600
     burst_events_per_s: float = 20.0
     burst_sustained_events: int = 28  # of the last SUSTAINED_WINDOW; 0 turns the rule off
+    # The takeover rule (stream/scoring/takeover.py); 0 unfamiliar carts turns it off.
+    takeover_unfamiliar_carts: int = 3
+    takeover_min_history_events: int = 8
+    takeover_min_share: float = 0.35
     # Too little history to judge: the model's churn examples start after a day of history.
     churn_min_events: int = 3
     churn_min_history_s: int = 86_400
@@ -79,6 +86,9 @@ class AlertRules:
             anomaly_cooldown_s=settings.anomaly_cooldown_s,
             burst_events_per_s=settings.burst_events_per_s,
             burst_sustained_events=settings.burst_sustained_events,
+            takeover_unfamiliar_carts=settings.takeover_unfamiliar_carts,
+            takeover_min_history_events=settings.takeover_min_history_events,
+            takeover_min_share=settings.takeover_min_share,
             churn_min_events=settings.churn_min_events,
             churn_min_history_s=settings.churn_min_history_s,
         )
@@ -150,6 +160,11 @@ def evaluate(
     burst    alerts when state.rate_per_s >= burst_events_per_s (a spike), or when at least
              burst_sustained_events of the last 32 events came under 5 s apart (a script's
              pace kept up: bots and scrapers); shares anomaly_cooldown_s
+    takeover alerts when the newest session is on a platform none of the user's earlier kept
+             events used (at least takeover_min_history_events of them) and holds at least
+             takeover_unfamiliar_carts carts/purchases in categories they never touched,
+             at least takeover_min_share of its events (stream/scoring/takeover.py); shares
+             anomaly_cooldown_s, with its own last-alert time
     NaN scores never alert and never re-arm.
 
     silent_ms > 0: a re-score of a user silent for that long since their last event
@@ -233,6 +248,28 @@ def evaluate(
             )
         emit(BURST, state.last_burst_alert_ms, score, threshold, reason)
         state.last_burst_alert_ms = now_ms
+
+    if rules.takeover_unfamiliar_carts > 0:
+        session = newest_session(state.tokens)
+        if looks_like_takeover(
+            session,
+            rules.takeover_min_history_events,
+            rules.takeover_unfamiliar_carts,
+            rules.takeover_min_share,
+        ) and _cooled_down(state.last_takeover_alert_ms, now_ms, rules.anomaly_cooldown_s):
+            emit(
+                TAKEOVER,
+                state.last_takeover_alert_ms,
+                float(session.unfamiliar_carts),
+                float(rules.takeover_unfamiliar_carts),
+                f"session on {session.platform}, a platform none of the "
+                f"{session.earlier_events} earlier events used: {session.unfamiliar_carts} "
+                f"carts/purchases in categories never seen before, "
+                f"{session.unfamiliar_carts} of its {session.events} events "
+                f"(rule: {rules.takeover_unfamiliar_carts}, "
+                f"{rules.takeover_min_share:.0%})",
+            )
+            state.last_takeover_alert_ms = now_ms
 
     return state, alerts
 

@@ -145,6 +145,7 @@ def test_round_trip_exact() -> None:
     state.churn, state.purchase, state.anomaly = 0.25, 0.5, math.nan
     state.churn_armed = False
     state.last_churn_alert_ms, state.last_anomaly_alert_ms, state.last_burst_alert_ms = 1, 2, 3
+    state.last_takeover_alert_ms = 4
     state.last_event_ids = ["ü😀", "x" * 64, ""]
     data = state.to_bytes()
     again = UserState.from_bytes(data)
@@ -154,6 +155,7 @@ def test_round_trip_exact() -> None:
     assert again.recent_event_ids == state.recent_event_ids
     assert (again.churn, again.purchase) == (0.25, 0.5) and math.isnan(again.anomaly)
     assert not again.churn_armed
+    assert again.last_takeover_alert_ms == 4
     assert again.last_event_ids == state.last_event_ids
     assert (again.event_count, again.rate_per_s) == (state.event_count, state.rate_per_s)
 
@@ -166,7 +168,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 135 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1529
+    assert len(state.to_bytes()) == 143 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1537
 
 
 def test_long_event_ids_truncated() -> None:
@@ -241,7 +243,7 @@ def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) 
 def _older(current: bytes, version: int) -> bytes:
     """Bytes of the same state as `version` wrote them: version 2 lacks the 36-byte counters
     at the end of the header, version 1 also the 12-byte source offset before them."""
-    v2 = bytes([2]) + current[1:99] + current[135:]
+    v2 = bytes([2]) + current[1:99] + current[143:]
     return v2 if version == 2 else bytes([1]) + v2[1:87] + v2[99:]
 
 
@@ -260,6 +262,21 @@ def test_version_1_states_still_load_without_an_applied_offset() -> None:
     assert not restored.has_applied(1, 0)  # another partition: decided by event ids
     with pytest.raises(ValueError):
         UserState.from_bytes(bytes([4]) + state.to_bytes()[1:])
+
+
+def test_version_2_states_load_with_no_takeover_alert_yet() -> None:
+    state = feed([ev(i, T0 + i) for i in range(5)])
+    state.mark_applied(2, 41)
+    state.last_burst_alert_ms, state.last_takeover_alert_ms = 7, 9
+    v3 = state.to_bytes()
+    old = UserState.from_bytes(_older(v3, 2))
+    assert old.last_takeover_alert_ms == 0 and old.last_burst_alert_ms == 7
+    assert (old.source_partition, old.source_offset) == (2, 41)
+    assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
+    assert UserState.from_bytes(v3).last_takeover_alert_ms == 9
+    # A version 2 header with version 3's length is damage, not a takeover time.
+    with pytest.raises(ValueError):
+        UserState.from_bytes(bytes([2]) + v3[1:])
 
 
 def test_states_without_the_item_hash_section_still_load() -> None:
