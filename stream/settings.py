@@ -381,6 +381,13 @@ class TrainerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSett
         le=1,
         description="Precision the trainer picks each version's churn alert threshold for.",
     )
+    anomaly_alert_precision: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Precision `clickscore model thresholds --kind anomaly` picks a version's "
+        "anomaly alert threshold for, per user.",
+    )
 
 
 class ReplaySettings(KafkaSettings, EventSettings):

@@ -56,9 +56,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     thresholds = actions.add_parser(
         "thresholds",
-        help="pick and store a version's churn alert threshold on its validation users",
+        help="pick and store a version's churn (or, --kind anomaly, anomaly) alert threshold "
+        "on validation users",
     )
     thresholds.add_argument("--version", type=int, help="default: the served version")
+    from trainer.customers.anomaly_command import add_anomaly_arguments
+
+    add_anomaly_arguments(thresholds)
     thresholds.set_defaults(handler=run_thresholds)
     from trainer.customers.head_command import add_head_parser
 
@@ -145,6 +149,10 @@ def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer.export import read_meta
     from trainer.refresh import store_thresholds
 
+    if getattr(args, "kind", "churn") == "anomaly":
+        from trainer.customers.anomaly_command import run_anomaly_threshold
+
+        return run_anomaly_threshold(settings, args)
     version = args.version or promote.serving_version(settings)
     if version is None:
         print("no served version")

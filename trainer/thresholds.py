@@ -78,3 +78,26 @@ def precision_recall_at(
         "alerts": float(flagged.sum()),
         "base_rate": float(y.mean()) if len(y) else float("nan"),
     }
+
+
+def best_precision(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, min_alerts: int = 10
+) -> dict[str, float] | None:
+    """The highest precision any threshold reaches with at least `min_alerts` alerts, at the
+    highest such threshold (what a target above it would have to beat); None without one."""
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_tie = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+    flagged = np.arange(1, len(y) + 1)
+    precision = np.cumsum(y_sorted) / flagged
+    ok = last_of_tie & (flagged >= min_alerts)
+    if not ok.any() or not y.sum():
+        return None
+    cuts = np.flatnonzero(ok)
+    k = int(cuts[np.argmax(precision[cuts])])
+    return {
+        "threshold": float(s_sorted[k]),
+        **precision_recall_at(y, s, float(s_sorted[k])),
+    }

@@ -13,8 +13,9 @@ scores CHURN and PURCHASE from FEATURES with that head (`head_scores`, plain num
 the network's ANOMALY and next items; it refuses to load when config.pbtxt declares another
 feature schema than the one it was trained on. A request without FEATURES gets the network's
 churn and purchase and a NaN CHURN_THRESHOLD (the threshold belongs to the head). Outputs: CHURN,
-PURCHASE, ANOMALY, CHURN_THRESHOLD (the version's churn alert threshold, NaN if it carries
-none), and where config.pbtxt declares them NEXT_ITEMS (batch, K) raw item ids,
+PURCHASE, ANOMALY, CHURN_THRESHOLD and ANOMALY_THRESHOLD (the version's churn and anomaly alert
+thresholds, NaN if it carries none, infinity if none reached the target precision), and
+where config.pbtxt declares them NEXT_ITEMS (batch, K) raw item ids,
 NEXT_ITEM_PROBS (batch, K) and NEXT_PURCHASE (batch, 1), the probability that the next event
 is a purchase. K is NEXT_ITEMS' dims in config.pbtxt. A version without a next-event model
 answers "" / 0 / NaN there. Batching is declared in config.pbtxt; this runs whatever batch
@@ -39,7 +40,7 @@ except ImportError:  # outside Triton: trainer.export imports load_network from 
     pb_utils = None
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD")
+OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD", "ANOMALY_THRESHOLD")
 FEATURES = "FEATURES"
 FEATURE_SCHEMA = "feature_schema"  # config.pbtxt parameter: the schema the worker sends
 NEXT_OUTPUTS = ("NEXT_ITEMS", "NEXT_ITEM_PROBS", "NEXT_PURCHASE")
@@ -50,13 +51,18 @@ EVENT_TYPE, GAP = 0, 4  # TOKENS fields the next-event model reads
 
 
 def churn_threshold(meta: dict[str, Any]) -> float:
-    """The version's churn alert threshold (model_config.json alert_thresholds.churn).
+    """The version's churn alert threshold (model_config.json alert_thresholds.churn)."""
+    return alert_threshold(meta, "churn")
+
+
+def alert_threshold(meta: dict[str, Any], kind: str) -> float:
+    """The version's alert threshold of this kind (model_config.json alert_thresholds).
 
     NaN when the version carries none (the worker then uses its configured threshold);
     infinity when the trainer found no threshold reaching the target precision, so that
-    version raises no churn alert at all.
+    version raises no alert of that kind at all.
     """
-    picked = meta.get("alert_thresholds", {}).get("churn")
+    picked = meta.get("alert_thresholds", {}).get(kind)
     if picked is None:
         return float("nan")
     value = picked.get("threshold")
@@ -99,6 +105,7 @@ class TritonPythonModel:
         check_numpy()
         meta = json.loads((HERE / "model_config.json").read_text())
         self.churn_threshold = churn_threshold(meta)
+        self.anomaly_threshold = alert_threshold(meta, "anomaly")
         network = load_network(HERE)
         self.config = network.ModelConfig.from_dict(meta["model"])
         gpu = args.get("model_instance_kind") == "GPU" and torch.cuda.is_available()
@@ -197,6 +204,7 @@ class TritonPythonModel:
                     for s in (scores.churn, scores.purchase, scores.anomaly)
                 ]
                 columns.append(np.full_like(columns[0], self.churn_threshold))
+                columns.append(np.full_like(columns[0], self.anomaly_threshold))
                 if self.head is not None:
                     self._head_columns(columns, [t.shape[0] for _, t, _ in good], features)
                 names: tuple[str, ...] = OUTPUTS

@@ -104,6 +104,13 @@ class AlertRules:
             return self.churn_threshold, self.churn_rearm
         return served_threshold, served_threshold * self.churn_rearm / self.churn_threshold
 
+    def anomaly_level(self, served_threshold: float) -> float:
+        """The anomaly alert level for a score from a version that carries `served_threshold`:
+        the version's own (picked per user for the target precision; infinity when none
+        reached it, so the model raises no anomaly alert), or anomaly_threshold when it
+        carries none (NaN)."""
+        return self.anomaly_threshold if math.isnan(served_threshold) else served_threshold
+
     def enough_history(self, state: UserState, now_ms: int) -> bool:
         """churn_min_events events, and churn_min_history_s from the first event to the
         scoring time: a silent re-score's silence is history observed too (a user seen on
@@ -146,6 +153,7 @@ def evaluate(
     rules: AlertRules,
     churn_threshold: float = math.nan,
     silent_ms: int = 0,
+    anomaly_threshold: float = math.nan,
 ) -> tuple[UserState, list[Alert]]:
     """The state with these scores and its updated alert memory, and the alerts to emit.
 
@@ -156,7 +164,9 @@ def evaluate(
              history (churn_min_events events, churn_min_history_s from the first event to
              the scoring time, a silent re-score's silence included); it then stays
              disarmed until the risk falls below the re-arm level (hysteresis)
-    anomaly  alerts when >= anomaly_threshold and anomaly_cooldown_s passed
+    anomaly  alerts when >= the served version's anomaly_threshold (rules.anomaly_threshold
+             when it carries none, NaN; never when it is infinity: no threshold reached the
+             target precision) and anomaly_cooldown_s passed
     burst    alerts when state.rate_per_s >= burst_events_per_s (a spike), or when at least
              burst_sustained_events of the last 32 events came under 5 s apart (a script's
              pace kept up: bots and scrapers); shares anomaly_cooldown_s
@@ -217,10 +227,13 @@ def evaluate(
     if silent_ms:
         return state, alerts
     # NaN >= x is False, so an unscored anomaly never alerts.
-    if anomaly >= rules.anomaly_threshold and _cooled_down(
-        state.last_anomaly_alert_ms, now_ms, rules.anomaly_cooldown_s
+    anomaly_at = rules.anomaly_level(anomaly_threshold)
+    if (
+        math.isfinite(anomaly_at)
+        and anomaly >= anomaly_at
+        and _cooled_down(state.last_anomaly_alert_ms, now_ms, rules.anomaly_cooldown_s)
     ):
-        threshold = rules.anomaly_threshold
+        threshold = anomaly_at
         emit(
             ANOMALY,
             state.last_anomaly_alert_ms,

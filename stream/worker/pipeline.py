@@ -356,6 +356,8 @@ class ScoringPipeline:
             churn, purchase = float(model.churn[i]), float(model.purchase[i])
             anomaly, version = float(model.anomaly[i]), model.model_versions[i]
             threshold = math.nan if model.churn_threshold is None else model.churn_threshold[i]
+            served = model.anomaly_threshold
+            anomaly_threshold = math.nan if served is None else float(served[i])
             state, raised = evaluate(
                 before,
                 user,
@@ -366,6 +368,7 @@ class ScoringPipeline:
                 self._rules,
                 float(threshold),
                 silent_ms[i] if silent_ms else 0,
+                anomaly_threshold=anomaly_threshold,
             )
             has_next = i < len(model.next_items)
             scored.append(state)

@@ -54,6 +54,9 @@ OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
 # The served version's churn alert threshold, per row (trainer/triton_model.py). Requested
 # only from a model whose config declares it; rows of a model without it get NaN.
 THRESHOLD = "CHURN_THRESHOLD"
+# The served version's anomaly alert threshold, per row, likewise; a version folder older than
+# its config.pbtxt answers without it, and its rows get NaN (the worker's setting applies).
+ANOMALY_THRESHOLD = "ANOMALY_THRESHOLD"
 MODEL = "model"  # the health component a failing model reports under
 # tritonclient's own defaults for these, kept when the channel options are given explicitly.
 _MAX_MESSAGE_BYTES = 2**31 - 1
@@ -83,6 +86,8 @@ class ModelScores:
     rejected: list[str | None] = field(default_factory=list)
     # Per row, from the version that scored it; None or NaN: that version carries none.
     churn_threshold: npt.NDArray[np.float32] | None = None
+    # Per row, likewise: NaN falls back to the worker's setting, infinity never alerts.
+    anomaly_threshold: npt.NDArray[np.float32] | None = None
     # Per row; empty when the served model declares no next-event outputs (NaN purchase).
     next_items: list[NextItems] = field(default_factory=list)
     next_purchase: npt.NDArray[np.float32] = field(
@@ -97,6 +102,9 @@ class ModelScores:
             anomaly=self.anomaly[keep],
             model_versions=[self.model_versions[i] for i in keep],
             churn_threshold=None if self.churn_threshold is None else self.churn_threshold[keep],
+            anomaly_threshold=(
+                None if self.anomaly_threshold is None else self.anomaly_threshold[keep]
+            ),
             rejected=[self.rejected[i] for i in keep] if self.rejected else [],
             next_items=[self.next_items[i] for i in keep] if self.next_items else [],
             next_purchase=(
@@ -167,6 +175,7 @@ class TritonScorer:
             settings.retry_max_backoff_s, settings.reconnect_max_backoff_ms / 1000
         )
         self._items = False  # the model takes ITEM_HASHES and returns the next items
+        self._anomaly_threshold = False  # the model declares ANOMALY_THRESHOLD
         self.takes_features = False  # the model takes FEATURES (ScoringPipeline reads this)
 
     async def start(self) -> None:
@@ -196,6 +205,7 @@ class TritonScorer:
             )
         if any(o.name == THRESHOLD for o in config.output):
             self._outputs = (*OUTPUTS, THRESHOLD)
+        self._anomaly_threshold = any(o.name == ANOMALY_THRESHOLD for o in config.output)
         self._items = any(i.name == ITEM_INPUT for i in config.input) and any(
             o.name == NEXT_OUTPUTS[0] for o in config.output
         )
@@ -266,6 +276,7 @@ class TritonScorer:
             anomaly=column("ANOMALY"),
             model_versions=versions,
             churn_threshold=column(THRESHOLD),
+            anomaly_threshold=column(ANOMALY_THRESHOLD),
             rejected=rejected,
             next_items=items,
             next_purchase=column(NEXT_PURCHASE),
@@ -288,11 +299,11 @@ class TritonScorer:
             if not is_request_rejected(exc):
                 raise
             log.error("triton refused a request of %d sequences: %s", rows, summary(exc))
-            names = (*OUTPUTS, THRESHOLD, NEXT_PURCHASE)
+            names = (*OUTPUTS, THRESHOLD, ANOMALY_THRESHOLD, NEXT_PURCHASE)
             nan = {n: np.full(rows, np.nan, np.float32) for n in names}
             return nan, "", summary(exc), [[] for _ in range(rows)]
         self._health.recover(MODEL)
-        for name in (THRESHOLD, NEXT_PURCHASE):
+        for name in (THRESHOLD, ANOMALY_THRESHOLD, NEXT_PURCHASE):
             columns.setdefault(name, np.full(rows, np.nan, dtype=np.float32))
         return columns, version, None, items
 
@@ -314,6 +325,8 @@ class TritonScorer:
         tensor.set_data_from_numpy(tokens.astype(np.int64))
         inputs = [tensor]
         names: tuple[str, ...] = self._outputs
+        if self._anomaly_threshold:
+            names += (ANOMALY_THRESHOLD,)
         if self._items:
             hashes = grpcclient.InferInput(ITEM_INPUT, list(item_hashes.shape), "INT64")
             hashes.set_data_from_numpy(item_hashes.astype(np.int64))
@@ -350,6 +363,8 @@ class TritonScorer:
                 )
                 metrics.TRITON_LATENCY.observe(time.perf_counter() - started)
             columns = {name: self._output(result, name, tokens) for name in self._outputs}
+            if self._anomaly_threshold and result.as_numpy(ANOMALY_THRESHOLD) is not None:
+                columns[ANOMALY_THRESHOLD] = self._output(result, ANOMALY_THRESHOLD, tokens)
             items = self._next_items(result, tokens, columns)
             return columns, result.get_response().model_version, items
 

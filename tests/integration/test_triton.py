@@ -55,6 +55,7 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
     outputs = {o.name: list(o.dims) for o in config.output}
     assert outputs["NEXT_ITEMS"] == outputs["NEXT_ITEM_PROBS"] == [10]
     assert outputs["NEXT_PURCHASE"] == outputs["CHURN_THRESHOLD"] == [1]
+    assert outputs["ANOMALY_THRESHOLD"] == [1]
     assert config.HasField("dynamic_batching")
 
 

@@ -160,6 +160,16 @@ def test_the_served_version_scores_churn_and_purchase_from_features(
     # A request without features (an older worker) gets the network's churn, no threshold.
     np.testing.assert_allclose(old_worker.outputs["CHURN"][:, 0], scores.churn, rtol=1e-5)
     assert np.isnan(old_worker.outputs["CHURN_THRESHOLD"]).all()
+    # The anomaly threshold belongs to the network's score: the same with or without features
+    # (infinity where no threshold reached the target precision: no model anomaly alert).
+    from trainer.triton_model import alert_threshold
+
+    anomaly_threshold = alert_threshold(meta, "anomaly")
+    assert "anomaly" in meta["alert_thresholds"]
+    for response in (answered, old_worker):
+        served = response.outputs["ANOMALY_THRESHOLD"]
+        assert served.shape == (len(states), 1)
+        np.testing.assert_allclose(served[:, 0], anomaly_threshold, rtol=1e-6)
     # Features of the wrong width: that request alone is refused.
     assert refused.error is not None and refused.error.code == "INVALID_ARG"
     assert f"({1}, {len(NAMES)})" in refused.error.message
