@@ -47,3 +47,22 @@ def test_the_served_version_runs_the_exported_entry_and_takes_the_workers_featur
         assert list(features.dims) == [schema.count] and features.optional
         assert features.data_type == model_config_pb2.TYPE_FP32
         assert config.parameters["feature_schema"].string_value == schema.version
+
+
+def test_every_version_folder_answers_every_output_the_shared_config_declares() -> None:
+    """One config serves every version, so a rollback to an older folder must still answer
+    each declared output (Triton refuses a response without a requested one)."""
+    import ast
+
+    declared = {o.name for o in parse("config.pbtxt").output}
+    folders = sorted(p for p in MODEL.iterdir() if p.is_dir())
+    assert folders
+    for folder in folders:
+        tree = ast.parse((folder / "model.py").read_text())
+        answered: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
+                if names & {"OUTPUTS", "NEXT_OUTPUTS"}:
+                    answered |= {ast.literal_eval(e) for e in node.value.elts}
+        assert declared <= answered, (folder.name, sorted(declared - answered))

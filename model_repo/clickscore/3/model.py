@@ -5,14 +5,15 @@ The exporter copies this file into `model_repo/<model>/<version>/model.py`, next
 with a next-event model, `next_event.py`, `next_event.pt` and `items.json` (its item
 vocabulary), so the folder is self-contained.
 
-Inputs: TOKENS (batch, length, 6) and the optional ITEM_HASHES (batch, length), the per-event
-item hashes of the user's state; this version maps them to its own item ids. Outputs: CHURN,
-PURCHASE, ANOMALY, CHURN_THRESHOLD (the version's churn alert threshold, NaN if it carries
-none), and where config.pbtxt declares them NEXT_ITEMS (batch, K) raw item ids,
-NEXT_ITEM_PROBS (batch, K) and NEXT_PURCHASE (batch, 1), the probability that the next event
-is a purchase. K is NEXT_ITEMS' dims in config.pbtxt. A version without a next-event model
-answers "" / 0 / NaN there. Batching is declared in config.pbtxt; this runs whatever batch
-Triton forms in one forward pass and answers every request on its own, errors included.
+Inputs: TOKENS (batch, length, 6) and the optional ITEM_HASHES (batch, length), the per-
+event item hashes of the user's state; this version maps them to its own item ids. Outputs:
+CHURN, PURCHASE, ANOMALY, CHURN_THRESHOLD (the version's churn alert threshold, NaN if it
+carries none), ANOMALY_THRESHOLD (NaN: versions before 6 carry none), and where config.pbtxt
+declares them NEXT_ITEMS (batch, K) raw item ids, NEXT_ITEM_PROBS (batch, K) and
+NEXT_PURCHASE (batch, 1), the probability that the next event is a purchase. K is
+NEXT_ITEMS' dims in config.pbtxt. A version without a next-event model answers "" / 0 / NaN
+there. Batching is declared in config.pbtxt; this runs whatever batch Triton forms in one
+forward pass and answers every request on its own, errors included.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ except ImportError:  # outside Triton: trainer.export imports load_network from 
     pb_utils = None
 
 HERE = Path(__file__).resolve().parent
-OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD")
+OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "CHURN_THRESHOLD", "ANOMALY_THRESHOLD")
 NEXT_OUTPUTS = ("NEXT_ITEMS", "NEXT_ITEM_PROBS", "NEXT_PURCHASE")
 NEXT_EVENT_CODE = "next_event.py"
 NEXT_EVENT_WEIGHTS = "next_event.pt"
@@ -175,6 +176,7 @@ class TritonPythonModel:
                     for s in (scores.churn, scores.purchase, scores.anomaly)
                 ]
                 columns.append(np.full_like(columns[0], self.churn_threshold))
+                columns.append(np.full_like(columns[0], np.nan))  # the worker's own threshold
                 names: tuple[str, ...] = OUTPUTS
                 if self.k:
                     hashes = np.concatenate([h for _, _, h in good]).astype(np.int64)
