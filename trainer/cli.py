@@ -153,11 +153,11 @@ def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
         from trainer.customers.anomaly_command import run_anomaly_threshold
 
         return run_anomaly_threshold(settings, args)
-    version = args.version or promote.serving_version(settings)
-    if version is None:
+    found = promote.version_dir(settings, args.version)
+    if found is None:
         print("no served version")
         return 1
-    folder = promote.served_dir(settings) / str(version)
+    version, folder = found
     if "feature_head" in read_meta(folder):
         print(
             f"v{version} scores churn with its feature head; its threshold comes from "

@@ -104,6 +104,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def tokenisation(meta: dict[str, Any]) -> tuple[Vocabulary, int]:
+    """The vocabulary and sequence length a version was exported with."""
+    return Vocabulary.from_dict(meta["vocabulary"]), int(meta["model"]["sequence_length"])
+
+
 def load(folder: Path) -> ClickscoreModel:
     """A version folder's model, built from ITS OWN network.py (what Triton serves)."""
     meta = read_meta(folder)

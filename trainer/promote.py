@@ -59,6 +59,13 @@ def serving_version(settings: TrainerSettings) -> int | None:
     return found[-1] if found else None
 
 
+def version_dir(settings: TrainerSettings, version: int | None) -> tuple[int, Path] | None:
+    """`version` (the serving one when None) and its folder in the repository; None when
+    no version is given and none is serving."""
+    version = version or serving_version(settings)
+    return None if version is None else (version, served_dir(settings) / str(version))
+
+
 def metrics_of(model: ClickscoreModel, heldout: Examples) -> dict[str, float]:
     scores = predict(model, heldout.tokens, top_items=False)
     out: dict[str, float] = {}

@@ -41,7 +41,6 @@ def add_anomaly_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_anomaly_threshold(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from stream.contract.tokenizer import Vocabulary
     from stream.datasets.synthetic import SyntheticConfig, generate
     from stream.scoring.alerts import AlertRules
     from trainer import export, promote
@@ -51,14 +50,13 @@ def run_anomaly_threshold(settings: TrainerSettings, args: argparse.Namespace) -
     # Measuring on the demo's own users (--heldout-seeds 0) is allowed: nothing is picked there.
     if set(args.threshold_seeds) & {DEMO_SEED, *args.heldout_seeds}:
         raise SystemExit("threshold seeds must differ from the demo's and the held-out ones")
-    version = args.version or promote.serving_version(settings)
-    if version is None:
+    found = promote.version_dir(settings, args.version)
+    if found is None:
         print("no served version")
         return 1
-    folder = promote.served_dir(settings) / str(version)
+    version, folder = found
     meta = export.read_meta(folder)
-    vocab = Vocabulary.from_dict(meta["vocabulary"])
-    length = int(meta["model"]["sequence_length"])
+    vocab, length = export.tokenisation(meta)
     model = export.load(folder)
     demo = {"users": args.check_users, "days": DEMO_DAYS}
     labels, scores = user_level(

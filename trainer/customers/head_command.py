@@ -58,7 +58,6 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
     import numpy as np
 
     from stream.contract.features import FeatureSchema
-    from stream.contract.tokenizer import Vocabulary
     from stream.datasets.synthetic import SyntheticConfig
     from trainer import export, promote
     from trainer.customers import serving
@@ -71,14 +70,13 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
         raise SystemExit(
             "training and threshold seeds must differ from the demo's and the held-out ones"
         )
-    version = args.base or promote.serving_version(settings)
-    if version is None:
+    found = promote.version_dir(settings, args.base)
+    if found is None:
         print("no base version")
         return 1
-    base = promote.served_dir(settings) / str(version)
+    version, base = found
     meta = export.read_meta(base)
-    vocab = Vocabulary.from_dict(meta["vocabulary"])
-    length = int(meta["model"]["sequence_length"])
+    vocab, length = export.tokenisation(meta)
     train_config = SyntheticConfig(users=args.users, days=args.days, seed=args.seed)
     by_user, _, end_ms = serving.synthetic_users(train_config)
     spec = serving.RowSpec(
