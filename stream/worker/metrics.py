@@ -54,14 +54,31 @@ WINDOW_STAGE = Histogram(
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
+# A silent re-score is due when its partition's event time passes a level of silence, which
+# only the partition's next events reveal: seconds behind on a busy partition, hours on a
+# quiet one or while the worker catches up.
+SILENT_DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86_400)
+
 EVENT_TO_SCORE = Histogram(
     "clickscore_event_to_score_seconds",
-    "From the newest event's timestamp to its score being emitted.",
+    "From the newest event's timestamp to its score being emitted; event-triggered scores "
+    "only (a silent re-score is clickscore_silent_rescore_delay_seconds).",
     buckets=LATENCY_BUCKETS,
 )
 SCORES_EMITTED = Counter("clickscore_scores_emitted", "Per-user scores written.")
 SILENT_RESCORED = Counter(
     "clickscore_silent_rescored", "Users re-scored after a silence, without a new event."
+)
+SILENT_RESCORE_DELAY = Histogram(
+    "clickscore_silent_rescore_delay_seconds",
+    "From when a silent user became due (last event time + the level of silence, in event "
+    "time) to their re-score being emitted (wall clock); 0 when event time runs ahead.",
+    buckets=SILENT_DELAY_BUCKETS,
+)
+SILENT_DUE = Gauge(
+    "clickscore_silent_rescores_due",
+    "Users whose partition's event time has passed their next level of silence and who are "
+    "not re-scored yet (at most silent_rescore_max_users are re-scored per window).",
 )
 ALERTS = Counter("clickscore_alerts", "Alerts raised.", ["kind"])
 RETRIES = Counter("clickscore_retries", "Failed calls that were retried, by target.", ["target"])

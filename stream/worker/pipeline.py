@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Histogram
 
-from stream.contract.events import Rejection, ValidationLimits
+from stream.contract.events import Event, Rejection, ValidationLimits
 from stream.contract.features import stack_features
 from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary
@@ -43,7 +43,7 @@ from stream.scoring.idle import (
     silence_tokens,
 )
 from stream.scoring.pseudonym import Pseudonymiser
-from stream.scoring.scores import Score
+from stream.scoring.scores import EVENT, SILENCE, Score
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
 from stream.worker import metrics
@@ -106,6 +106,28 @@ def _observe(stage: Histogram, name: str, started: float) -> float:
     return now
 
 
+def observe_emitted(
+    scores: Sequence[Score], newest_event: Mapping[str, Event], emitted_s: float
+) -> None:
+    """Event-to-score latency of event-triggered scores, from the user's newest event of the
+    window; due-to-emitted delay of silent re-scores, from last event + silence (event time).
+
+    A silent re-score carries the user's last event, hours or days old: counted as latency
+    it would read as a pipeline that far behind.
+    """
+    silent = 0
+    for score in scores:
+        if score.trigger == EVENT:
+            event = newest_event.get(score.user_id)
+            if event is not None:
+                metrics.EVENT_TO_SCORE.observe(max(0.0, emitted_s - event.ts_ms / 1000))
+            continue
+        silent += 1
+        due_s = (score.last_event_ts_ms + score.silence_ms) / 1000
+        metrics.SILENT_RESCORE_DELAY.observe(max(0.0, emitted_s - due_s))
+    metrics.SILENT_RESCORED.inc(silent)
+
+
 class ScoringPipeline:
     def __init__(
         self,
@@ -143,6 +165,17 @@ class ScoringPipeline:
                 max_users_per_pass=settings.silent_rescore_max_users,
             )
         )
+        metrics.SILENT_DUE.set_function(self._silent_due)
+
+    def _silent_due(self) -> float:
+        """The due gauge, read at each scrape by the metrics thread while the event loop may
+        be changing the index: a count that met a change half-way is taken again."""
+        for _ in range(3):
+            try:
+                return float(self.idle.pending())
+            except (RuntimeError, IndexError):  # a dict or heap changed under the walk
+                continue
+        return math.nan
 
     def _load(self, user_id: str, partition: int) -> UserState | None:
         raw = self._table.load(user_id.encode(), partition)
@@ -199,11 +232,8 @@ class ScoringPipeline:
                 return
         states, scores, alerts = self._results(users, states, model, silent_ms)
         await self._emit(scores, alerts)
-        emitted = self._clock()
-        for event in window.newest_event.values():
-            metrics.EVENT_TO_SCORE.observe(max(0.0, emitted - event.ts_ms / 1000))
+        observe_emitted(scores, window.newest_event, self._clock())
         metrics.SCORES_EMITTED.inc(len(scores))
-        metrics.SILENT_RESCORED.inc(len(silent))
         started = _observe(stage, "results", started)
 
         for user, state, partition in zip(users, states, partitions, strict=True):
@@ -227,7 +257,8 @@ class ScoringPipeline:
         model = await self._score(tokens, silence_item_hashes(states, length), states, elapsed)
         # A refused silent re-score has no events to dead-letter: it is dropped, and the
         # user is due again at the next level of silence.
-        keep = [i for i, why in enumerate(model.rejected) if why is None]
+        # (`rejected` is empty when no row was refused.)
+        keep = [i for i in range(len(users)) if not model.rejected or model.rejected[i] is None]
         if len(keep) < len(users):
             ready, users, states, elapsed = _rows(keep, ready, users, states, elapsed)
             model = model.rows(keep)
@@ -235,7 +266,7 @@ class ScoringPipeline:
                 return
         states, scores, alerts = self._results(users, states, model, elapsed)
         await self._emit(scores, alerts)
-        metrics.SILENT_RESCORED.inc(len(users))
+        observe_emitted(scores, {}, self._clock())
         for (partition, _, _), user, state in zip(ready, users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), partition)
 
@@ -358,6 +389,7 @@ class ScoringPipeline:
             threshold = math.nan if model.churn_threshold is None else model.churn_threshold[i]
             served = model.anomaly_threshold
             anomaly_threshold = math.nan if served is None else float(served[i])
+            silence = silent_ms[i] if silent_ms else 0  # > 0: a silent re-score, not events
             state, raised = evaluate(
                 before,
                 user,
@@ -367,7 +399,7 @@ class ScoringPipeline:
                 version,
                 self._rules,
                 float(threshold),
-                silent_ms[i] if silent_ms else 0,
+                silence,
                 anomaly_threshold=anomaly_threshold,
             )
             has_next = i < len(model.next_items)
@@ -386,6 +418,8 @@ class ScoringPipeline:
                     scored_at_ms=scored_at_ms,
                     next_items=tuple(model.next_items[i]) if has_next else (),
                     next_purchase=float(model.next_purchase[i]) if has_next else math.nan,
+                    trigger=SILENCE if silence else EVENT,
+                    silence_ms=silence,
                 )
             )
         for alert in alerts:

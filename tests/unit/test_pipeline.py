@@ -172,3 +172,97 @@ async def test_a_refused_silent_rescore_of_a_window_user_is_dropped_and_the_rest
     assert outputs.dead == []
     alice = UserState.from_bytes(table.rows[b"alice"])
     assert alice.event_count == 1 and alice.last_ts_ms == NOW_MS - 3 * 3_600_000
+
+
+def _emitted_figures() -> tuple[float, float, float, float]:
+    """(count, sum) of event-to-score latency, then of silent re-score delay, so far."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    return (
+        value("clickscore_event_to_score_seconds_count"),
+        value("clickscore_event_to_score_seconds_sum"),
+        value("clickscore_silent_rescore_delay_seconds_count"),
+        value("clickscore_silent_rescore_delay_seconds_sum"),
+    )
+
+
+async def test_silent_rescores_say_so_and_count_as_due_delay_never_as_latency() -> None:
+    """Carol's view is 3 h old when Bob's arrives: she is re-scored in Bob's window, at the
+    2 h level (1 h and 2 h passed together). Alice's 3 h old view is in that window itself:
+    she is re-scored after it. Both silent rows say "silence" at 2 h, carry their last
+    event, and add to the due-to-emitted delay (due 1 h before the clock), not to latency."""
+    hour_ms = 3_600_000
+
+    def view(user: str, ts_ms: int, offset: int) -> Message:
+        value = b'{"event_id":"%s-e","user_id":"%s","ts":%d,"event_type":"view"}' % (
+            user.encode(),
+            user.encode(),
+            ts_ms,
+        )
+        return Message(user.encode(), value, "events", 0, offset)
+
+    outputs = RecordingOutputs()
+    scoring = ScoringPipeline(
+        make_settings(silent_rescore_after_s=3600),
+        MemoryTable(),
+        ConstantScorer(),
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+    )
+    before = _emitted_figures()
+    await scoring.process([view("carol", NOW_MS - 3 * hour_ms, 0)])
+    await scoring.process([view("alice", NOW_MS - 3 * hour_ms, 1), view("bob", NOW_MS, 2)])
+    after = _emitted_figures()
+
+    why = [(s.user_id, s.trigger, s.silence_ms, s.last_event_id) for s in outputs.scores]
+    assert why == [
+        ("carol", "event", 0, "carol-e"),
+        ("alice", "event", 0, "alice-e"),
+        ("bob", "event", 0, "bob-e"),
+        ("carol", "silence", 2 * hour_ms, "carol-e"),  # in Bob's Triton call
+        ("alice", "silence", 2 * hour_ms, "alice-e"),  # after the window's table writes
+    ]
+    assert outputs.published_scores == outputs.scores
+    latency_count, latency_sum, delay_count, delay_sum = (
+        a - b for a, b in zip(after, before, strict=True)
+    )
+    # Three event scores: carol and alice 3 h after their view, bob at once.
+    assert (latency_count, latency_sum) == (3, 2 * 3 * 3600)
+    # Two silent re-scores, each due at last event + 2 h = 1 h before they were emitted.
+    assert (delay_count, delay_sum) == (2, 2 * 3600)
+
+
+async def test_results_mark_a_row_with_silence_as_a_silent_rescore() -> None:
+    state = UserState()
+    model = await ConstantScorer().score(np.zeros((2, 4, 6), dtype=np.int32))
+    scoring = pipeline(RecordingOutputs(), ConstantScorer(), MemoryTable())
+    _, scores, _ = scoring._results(["a", "b"], [state, state], model, [0, 86_400_000])
+    assert [(s.trigger, s.silence_ms) for s in scores] == [("event", 0), ("silence", 86_400_000)]
+    _, scores, _ = scoring._results(["a"], [state], model.rows([0]))
+    assert [(s.trigger, s.silence_ms) for s in scores] == [("event", 0)]
+
+
+async def test_the_due_gauge_counts_silent_users_left_for_a_later_window() -> None:
+    """Three users went quiet 3 h ago; one event moves the partition's clock past their first
+    level, and a window re-scores at most one of them: two stay due."""
+    from prometheus_client import REGISTRY
+
+    outputs = RecordingOutputs()
+    scoring = ScoringPipeline(
+        make_settings(silent_rescore_after_s=3600, silent_rescore_max_users=1),
+        MemoryTable(),
+        ConstantScorer(),
+        outputs,
+        outputs,  # type: ignore[arg-type]
+        clock=lambda: NOW_MS / 1000,
+    )
+    three_hours_ago = NOW_MS - 3 * 3_600_000 + 1000  # view_message sends at now_ms - 1 s
+    await scoring.process([view_message(u, 0, n, three_hours_ago) for n, u in enumerate("abc")])
+    assert REGISTRY.get_sample_value("clickscore_silent_rescores_due") == 0
+    await scoring.process([message("dora", 0, 3)])
+    assert [s.trigger for s in outputs.scores].count("silence") == 1
+    assert REGISTRY.get_sample_value("clickscore_silent_rescores_due") == 2
