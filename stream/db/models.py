@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, MetaData, String, func
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, MetaData, String, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +47,11 @@ class UserScore(Base):
         JSONDocument, default=list, server_default="[]"
     )
     next_purchase: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Why this score exists: "event" (new events) or "silence" (a silent re-score, at
+    # silence_ms after last_event_at; 0 for an event). Rows from before migration 0004, and
+    # writers that predate it, are events.
+    trigger: Mapped[str] = mapped_column(String(16), default="event", server_default="event")
+    silence_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Alert(Base):

@@ -1,8 +1,9 @@
 """The database sink: latest score per user and alerts, written idempotently in one transaction.
 
-Replays are safe by construction: a score only moves a user's row forward (by event_count) and
-an alert is inserted only if its deterministic id is absent. The same code runs on PostgreSQL
-(asyncpg) and SQLite (aiosqlite), through each dialect's own INSERT ... ON CONFLICT.
+Replays are safe by construction: a score only moves a user's row forward (by event_count, then
+by silence_ms) and an alert is inserted only if its deterministic id is absent. The same code
+runs on PostgreSQL (asyncpg) and SQLite (aiosqlite), through each dialect's own INSERT ... ON
+CONFLICT.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, Table
+from sqlalchemy import ColumnElement, Insert, Table, and_, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -48,17 +49,40 @@ def insert_for(engine: AsyncEngine) -> Callable[[Table], Any]:
     raise ValueError(f"Unsupported database dialect {name!r}: use postgresql or sqlite")
 
 
+def newer_or_same(incoming: Any, stored: Any) -> ColumnElement[bool]:
+    """Whether the incoming score may replace the stored one: (event_count, silence_ms) does
+    not go back.
+
+    event_count alone is not enough: a silent re-score has the same events as the score
+    before it, so it must win a tie (written), yet a replayed older one must lose to it (a
+    re-read window re-scores its users as events, at silence 0; a replayed 1-day re-score
+    must not overwrite the 2-day one). Silence levels only grow until the next event, which
+    raises event_count. An equal pair is the same score again: rewriting it is harmless.
+    """
+    return or_(
+        incoming.event_count > stored.event_count,
+        and_(
+            incoming.event_count == stored.event_count,
+            incoming.silence_ms >= stored.silence_ms,
+        ),
+    )
+
+
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
-    """One row per user, the one with the most events: Postgres refuses an ON CONFLICT DO
-    UPDATE that touches the same row twice in one statement."""
+    """One row per user, the newest (as the upsert orders them: events, then silence):
+    Postgres refuses an ON CONFLICT DO UPDATE that touches the same row twice in one
+    statement."""
     latest: dict[str, Score] = {}
     for score in scores:
         kept = latest.get(score.user_id)
-        if kept is None or score.event_count >= kept.event_count:
+        if kept is None or (score.event_count, score.silence_ms) >= (
+            kept.event_count,
+            kept.silence_ms,
+        ):
             latest[score.user_id] = score
     return [
         {
@@ -73,6 +97,8 @@ def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
             "scored_at": _at(s.scored_at_ms),
             "next_items": next_items_json(s),
             "next_purchase": None if math.isnan(s.next_purchase) else s.next_purchase,
+            "trigger": s.trigger,
+            "silence_ms": s.silence_ms,
         }
         for s in latest.values()
     ]
@@ -122,7 +148,7 @@ class ResultStore:
         self._upsert_scores = upsert.on_conflict_do_update(
             index_elements=[SCORE_TABLE.c.user_id],
             set_={c.name: upsert.excluded[c.name] for c in SCORE_TABLE.c if not c.primary_key},
-            where=upsert.excluded.event_count >= SCORE_TABLE.c.event_count,
+            where=newer_or_same(upsert.excluded, SCORE_TABLE.c),
         )
         self._insert_alerts = insert(ALERT_TABLE).on_conflict_do_nothing(
             index_elements=[ALERT_TABLE.c.alert_id]

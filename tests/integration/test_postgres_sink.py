@@ -1,5 +1,5 @@
-"""ResultStore against real PostgreSQL: idempotent replays, forward-only scores, batches, and
-a write that waits out a database outage."""
+"""ResultStore against real PostgreSQL: idempotent replays, forward-only scores (silent
+re-scores included), batches, and a write that waits out a database outage."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 T0_MS = 1_790_000_000_000
 
 
-def score(user: str, event_count: int, churn: float = 0.5) -> Score:
+def score(user: str, event_count: int, churn: float = 0.5, silence_ms: int = 0) -> Score:
     return Score(
         user_id=user,
         churn_risk=churn,
@@ -41,7 +41,9 @@ def score(user: str, event_count: int, churn: float = 0.5) -> Score:
         event_count=event_count,
         last_event_id=f"{user}-e{event_count}",
         last_event_ts_ms=T0_MS + event_count * 1000,
-        scored_at_ms=T0_MS + event_count * 1000 + 50,
+        scored_at_ms=T0_MS + event_count * 1000 + 50 + silence_ms,
+        trigger="silence" if silence_ms else "event",
+        silence_ms=silence_ms,
     )
 
 
@@ -108,10 +110,39 @@ async def test_an_older_score_never_overwrites_a_newer_one(
     await store.write([score("u1", 4, churn=0.1)], [])  # a replayed older result
     row = (await read_rows(settings, UserScore))["u1"]
     assert (row["event_count"], row["churn_risk"]) == (10, 0.9)
+    assert (row["trigger"], row["silence_ms"]) == ("event", 0)
 
     await store.write([score("u1", 11, churn=0.2)], [])
     row = (await read_rows(settings, UserScore))["u1"]
     assert (row["event_count"], row["churn_risk"]) == (11, 0.2)
+
+
+async def test_a_silent_rescore_lands_and_a_replay_never_undoes_it(
+    settings: Settings, store: ResultStore
+) -> None:
+    """A silent re-score has the events of the score before it, so event_count ties: it must
+    still be written, and a replay of that earlier score, or of a shorter silence, must not
+    overwrite it. The next event moves the row on again."""
+    day_ms = 86_400_000
+    await store.write([score("u1", 6, churn=0.2)], [])
+    await store.write([score("u1", 6, churn=0.7, silence_ms=day_ms)], [])
+    row = (await read_rows(settings, UserScore))["u1"]
+    assert (row["trigger"], row["silence_ms"], row["churn_risk"]) == ("silence", day_ms, 0.7)
+    assert row["event_count"] == 6 and row["last_event_id"] == "u1-e6"
+
+    await store.write([score("u1", 6, churn=0.8, silence_ms=8 * day_ms)], [])
+    await store.write([score("u1", 6, churn=0.2)], [])  # the event score, replayed
+    await store.write([score("u1", 6, churn=0.7, silence_ms=day_ms)], [])  # a shorter silence
+    row = (await read_rows(settings, UserScore))["u1"]
+    assert (row["trigger"], row["silence_ms"], row["churn_risk"]) == ("silence", 8 * day_ms, 0.8)
+
+    # In one batch too, the newest of a user's scores is the one kept.
+    await store.write([score("u2", 3, silence_ms=day_ms), score("u2", 3)], [])
+    assert (await read_rows(settings, UserScore))["u2"]["trigger"] == "silence"
+
+    await store.write([score("u1", 7, churn=0.1)], [])
+    row = (await read_rows(settings, UserScore))["u1"]
+    assert (row["trigger"], row["silence_ms"], row["event_count"]) == ("event", 0, 7)
 
 
 async def test_duplicates_inside_one_batch(settings: Settings, store: ResultStore) -> None:
@@ -197,8 +228,11 @@ async def test_the_same_code_writes_to_sqlite(tmp_path: Path) -> None:
     try:
         await store.write([score("u1", 5), score("u1", 7)], [alert("u1", 7), alert("u1", 7)])
         await store.write([score("u1", 3)], [alert("u1", 7)])
+        await store.write([score("u1", 7, silence_ms=3_600_000)], [])
+        await store.write([score("u1", 7)], [])
     finally:
         await store.close()
     users = await read_rows(sqlite_settings, UserScore)
     assert {u: r["event_count"] for u, r in users.items()} == {"u1": 7}
+    assert (users["u1"]["trigger"], users["u1"]["silence_ms"]) == ("silence", 3_600_000)
     assert list(await read_rows(sqlite_settings, AlertRow)) == [alert("u1", 7).alert_id]
