@@ -1,13 +1,14 @@
 """Per-user rolling state, kept in the worker's changelogged table as compact bytes.
 
-Binary layout (little-endian), version 3:
+Binary layout (little-endian), version 4:
 
-    header   143 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
+    header   151 bytes  see _HEADER: version 1's 87 bytes, then the source partition (int32)
                         and offset (int64) of the last message applied (version 2's 99 bytes),
                         then the exact behaviour counters (_COUNTERS, 36 bytes): active days,
                         purchases, purchase days (int32), spend (float64), first and last
                         purchase time (int64 ms, 0 for none), then the event time of the last
-                        takeover alert (int64)
+                        takeover alert (int64; version 3's 143 bytes), then the longest
+                        silence the last event was re-scored at (int64 ms, 0 for none)
 
     tokens   n_tokens * NUM_FIELDS * 2 bytes (uint16, oldest event first)
     ids      n_ids * 8 bytes (uint64 blake2b hashes of recent event ids)
@@ -24,11 +25,17 @@ a UTC day of event time; an event older than the newest one counts as a purchase
 new active or purchase day (the state cannot know whether that day was already counted).
 
 A user with a full 64-event sequence, 32 remembered ids and three 36-char UUID event ids takes
-143 + 768 + 256 + 114 + 256 = 1537 bytes. Version 1 states (no source offset) still load, as states
+151 + 768 + 256 + 114 + 256 = 1545 bytes. Version 1 states (no source offset) still load, as states
 that have applied no message yet by offset; version 1 and 2 states (no counters) load with the
 counters they can be given: one active day per state with events, the purchases among the
 token rows it keeps on one purchase day dated at its last event, and a spend of 0 (unknown);
-they count exactly from then on, and with no takeover alert yet.
+they count exactly from then on, and with no takeover alert yet. Version 1 to 3 states load as
+never re-scored in silence.
+
+The silence re-scored (version 4) is what lets a worker that is assigned a partition, after a
+restart or a rebalance, rebuild that partition's silent-user index from the table alone
+(stream/scoring/idle.py, `silence_of`): the user is due at the first silence level beyond it,
+as if no worker had stopped.
 
 Exactly once by offset: a state remembers the (partition, offset) of the last message folded
 into it, and a message at or below it is skipped. A worker that crashes after writing states
@@ -57,8 +64,8 @@ from stream.contract.tokenizer import (
     tokenize,
 )
 
-STATE_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+STATE_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 NO_OFFSET = -1
 DEFAULT_MAX_IDS = 32  # at-least-once redelivery repeats a user's last few events, not dozens
 LAST_EVENT_IDS = 3
@@ -75,8 +82,9 @@ MIN_GAP_S = 0.001  # timestamps are whole milliseconds; also caps the rate at 10
 _HEADER_V1 = struct.Struct("<BBHBBBqqqddddqqq")
 _HEADER_V2 = struct.Struct("<BBHBBBqqqddddqqqiq")
 _COUNTERS = struct.Struct("<iiidqq")
-_HEADER = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:] + "q")
-_HEADERS = {1: _HEADER_V1, 2: _HEADER_V2, 3: _HEADER}
+_HEADER_V3 = struct.Struct(_HEADER_V2.format + _COUNTERS.format[1:] + "q")
+_HEADER = struct.Struct(_HEADER_V3.format + "q")
+_HEADERS = {1: _HEADER_V1, 2: _HEADER_V2, 3: _HEADER_V3, 4: _HEADER}
 DAY_MS = 86_400_000
 PURCHASE_TOKEN = NUM_SPECIAL + EVENT_TYPES.index("purchase")
 _LEN = struct.Struct("<H")
@@ -120,6 +128,9 @@ class UserState:
     spend: float = 0.0
     first_purchase_ms: int = 0  # 0: no purchase yet
     last_purchase_ms: int = 0
+    # The longest silence (ms after last_ts_ms) this state was re-scored at; 0: none since
+    # its last event. A newer event resets it.
+    silence_scored_ms: int = 0
 
     def has_applied(self, partition: int, offset: int) -> bool:
         """True when the message at (partition, offset) is already folded into this state."""
@@ -163,6 +174,7 @@ class UserState:
                 self.first_purchase_ms,
                 self.last_purchase_ms,
                 self.last_takeover_alert_ms,
+                self.silence_scored_ms,
             ),
             self.tokens.astype(_TOKEN_DTYPE, copy=False).tobytes(),
             struct.pack(f"<{len(self.recent_event_ids)}Q", *self.recent_event_ids),
@@ -190,7 +202,7 @@ class UserState:
             raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
         source_partition = source_offset = NO_OFFSET
         counters: list[int | float] = []
-        last_takeover_alert_ms = 0
+        last_takeover_alert_ms = silence_scored_ms = 0
         (
             _,
             flags,
@@ -212,6 +224,8 @@ class UserState:
         ) = header.unpack_from(data)
         if rest:
             source_partition, source_offset, *counters = rest
+            if version >= 4:  # the silence re-scored at
+                silence_scored_ms = int(counters.pop())
             if counters:  # version 3: the behaviour counters, then the takeover alert time
                 last_takeover_alert_ms = int(counters.pop())
         if n_fields != NUM_FIELDS:
@@ -276,6 +290,7 @@ class UserState:
             spend=float(spend),
             first_purchase_ms=int(first_buy),
             last_purchase_ms=int(last_buy),
+            silence_scored_ms=silence_scored_ms,
         )
 
     def padded(self, max_len: int) -> npt.NDArray[np.int32]:
@@ -284,6 +299,29 @@ class UserState:
         recent = self.tokens[-max_len:] if max_len else self.tokens[:0]
         out[max_len - recent.shape[0] :] = recent
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class SilencePoint:
+    """What the silent-user index needs of a stored state, read from its header alone."""
+
+    partition: int  # of the last message applied (NO_OFFSET for a version 1 state)
+    last_ts_ms: int
+    silence_scored_ms: int
+    event_count: int
+
+
+def silence_point(data: bytes) -> SilencePoint:
+    """A stored state's partition, last event time and silence re-scored at, without
+    decoding its sequence; ValueError for bytes that are no user state."""
+    version = data[0] if data else 0
+    header = _HEADERS.get(version)
+    if header is None or len(data) < header.size:
+        raise ValueError(f"not a user state of version {READABLE_VERSIONS}")
+    fields = header.unpack_from(data)
+    partition = fields[16] if version >= 2 else NO_OFFSET
+    scored = fields[-1] if version >= 4 else 0
+    return SilencePoint(partition, fields[6], scored, fields[8])
 
 
 def _counters_from_tokens(
@@ -356,6 +394,8 @@ def apply_event(
         state.first_ts_ms = state.last_ts_ms = event.ts_ms
     elif event.ts_ms >= prev_ts_ms:
         state.rate_per_s = _next_rate(state.rate_per_s, event.ts_ms - prev_ts_ms)
+        if event.ts_ms > prev_ts_ms:  # a new last event: its silence starts again
+            state.silence_scored_ms = 0
         state.last_ts_ms = event.ts_ms
     else:
         state.first_ts_ms = min(state.first_ts_ms, event.ts_ms)

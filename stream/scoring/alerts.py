@@ -179,11 +179,21 @@ def evaluate(
 
     silent_ms > 0: a re-score of a user silent for that long since their last event
     (stream/scoring/idle.py). The clock is then last event + silent_ms, only the churn rule
-    applies, and the anomaly score of their last event is kept.
+    applies, the anomaly score of their last event is kept, and the state remembers the
+    silence it was scored at (`silence_scored_ms`), so that a worker rebuilding the silent
+    index after a restart or rebalance does not score that level again.
     """
+    silence_scored_ms = state.silence_scored_ms
     if silent_ms:
         anomaly = state.anomaly
-    state = replace(state, churn=churn, purchase=purchase, anomaly=anomaly)
+        silence_scored_ms = max(silence_scored_ms, silent_ms)
+    state = replace(
+        state,
+        churn=churn,
+        purchase=purchase,
+        anomaly=anomaly,
+        silence_scored_ms=silence_scored_ms,
+    )
     now_ms = state.last_ts_ms + silent_ms
     event_ids = tuple(state.last_event_ids)
     alerts: list[Alert] = []

@@ -20,21 +20,34 @@ the next window. The index is a heap per partition of (due time, user) with one 
 user per touch; entries made stale by a newer event are dropped when they surface, and the
 heap is rebuilt from the live entries when stale ones outnumber them.
 
-The index lives in memory: after a restart it holds the users whose events were read
-since, so a user silent since before the restart is re-scored only once the worker reads
-an event of theirs again (see docs/evaluation.md, "Silent users").
+The index lives in memory and is rebuilt from the table whenever the worker is assigned a
+partition (at start, after a restart, after a rebalance moved it here): `rebuild` reads each
+stored state's header (`silence_point`: its last event time and the longest silence it was
+already re-scored at, which the state keeps since format 4) and puts the user at the first
+level beyond it. The partition's clock is the newest last-event time among its states, the
+clock it had when they were written. So a user silent since before a restart is due at the
+same levels as if nothing had happened, one whose levels passed while no worker read the
+partition is re-scored once, at the longest of them, and no level is scored twice. A
+partition revoked from this worker is forgotten (`forget`): its new owner rebuilds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
-from stream.contract.state import UserState, stack_item_hashes, stack_padded
+from stream.contract.state import (
+    UserState,
+    silence_point,
+    stack_item_hashes,
+    stack_padded,
+)
 from stream.contract.tokenizer import Vocabulary, tokenize
 
 SILENCE = "silence"  # not an event type of the contract: tokenised as OTHER
@@ -100,6 +113,52 @@ class IdleIndex:
             part.heap = [e for e in part.heap if part.last_ts.get(e[1]) == e[2]]
             heapq.heapify(part.heap)
 
+    def partitions(self) -> set[int]:
+        return set(self._partitions)
+
+    def claim(self, partitions: Iterable[int]) -> None:
+        """This worker owns these partitions now, even while they have no user."""
+        for partition in partitions:
+            self._partitions.setdefault(partition, _Partition())
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop these partitions' users: another worker owns them now."""
+        for partition in partitions:
+            self._partitions.pop(partition, None)
+
+    def restore(
+        self, partition: int, user_id: str, last_ts_ms: int, silence_scored_ms: int = 0
+    ) -> None:
+        """A user known from their stored state: due at the first level beyond the silence
+        they were already re-scored at (none left: nothing to do)."""
+        part = self._partitions.setdefault(partition, _Partition())
+        part.clock_ms = max(part.clock_ms, last_ts_ms)
+        known = part.last_ts.get(user_id)
+        if known is not None and known >= last_ts_ms:
+            return  # an event read since is newer than the stored state
+        level = next((i for i, ms in enumerate(self._levels) if ms > silence_scored_ms), None)
+        if level is None:
+            return
+        part.last_ts[user_id] = last_ts_ms
+        heapq.heappush(part.heap, (last_ts_ms + self._levels[level], user_id, last_ts_ms, level))
+
+    def pending(self) -> int:
+        """Users whose next level their partition's clock has passed, not yet re-scored.
+
+        Walks only the heap's top, where the due entries are: O(due), not O(users)."""
+        count = 0
+        for part in self._partitions.values():
+            heap, clock = part.heap, part.clock_ms
+            stack = [0] if heap else []
+            while stack:
+                i = stack.pop()
+                due_ms, user_id, last_ts_ms, _ = heap[i]
+                if due_ms > clock:
+                    continue  # nor any entry below it
+                count += part.last_ts.get(user_id) == last_ts_ms
+                stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(heap)]
+        return count
+
     def due(self, partition: int, limit: int | None = None) -> list[Due]:
         """Up to `limit` users of the partition whose next level its clock has passed.
 
@@ -127,6 +186,39 @@ class IdleIndex:
             else:
                 del part.last_ts[user_id]
         return out
+
+
+async def rebuild(
+    index: IdleIndex,
+    partitions: set[int],
+    stored: Iterable[tuple[bytes, bytes]],
+    yield_every: int = 10_000,
+) -> int:
+    """Index the users of `partitions` from their stored (key, state bytes); how many.
+
+    A state of a version that kept no partition (format 1) is indexed under every one of
+    them: the pipeline loads a due user from its own partition and skips one it cannot
+    find there. States that cannot be read are skipped: the pipeline dead-letters nothing
+    here, and such a state fails on the user's next event anyway. Yields to the event loop
+    every `yield_every` states, so a large table does not starve the worker's other tasks.
+    """
+    index.claim(partitions)
+    indexed = 0
+    for n, (key, value) in enumerate(stored, 1):
+        if n % yield_every == 0:
+            await asyncio.sleep(0)
+        try:
+            point = silence_point(value)
+        except ValueError:
+            continue
+        if not point.event_count:
+            continue
+        user_id = key.decode("utf-8", "surrogatepass")
+        owners = partitions if point.partition < 0 else {point.partition} & partitions
+        for partition in owners:
+            index.restore(partition, user_id, point.last_ts_ms, point.silence_scored_ms)
+            indexed += 1
+    return indexed
 
 
 def silence_tokens(

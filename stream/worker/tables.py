@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import faust
 
@@ -22,7 +23,32 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
     events were read, when the current event is just the window's last one, so every
     access here first makes an event of the user's own partition current. Users are keyed
     by user_id like the events topic, so that partition is the one their events came from.
+
+    After every recovery (the worker's start, each rebalance) the table tells its listeners
+    which partitions this worker now owns, with their states restored: the silent-user index
+    is rebuilt from them (stream/scoring/idle.py).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._assignment_listeners: list[Callable[[set[int]], Awaitable[None]]] = []
+
+    def on_assignment(self, listener: Callable[[set[int]], Awaitable[None]]) -> None:
+        """Call `listener(partitions)` once the states of a new assignment are restored."""
+        self._assignment_listeners.append(listener)
+
+    async def on_recovery_completed(self, active_tps: set[Any], standby_tps: set[Any]) -> None:
+        # Faust's store drops revoked partitions' states first (memory store) and Faust
+        # resumes the streams only after this returns: no window runs meanwhile.
+        await super().on_recovery_completed(active_tps, standby_tps)
+        partitions = {tp.partition for tp in active_tps}
+        for listener in self._assignment_listeners:
+            await listener(partitions)
+
+    def stored(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, state bytes) of the partitions this worker owns."""
+        items: Iterator[tuple[bytes, bytes]] = iter(self.data.items())
+        return items
 
     def remember(self, events: Iterable[faust.EventT]) -> None:
         """Keep one event per partition of this window to stand for that partition."""

@@ -3,7 +3,7 @@ the integration tests run the real broker, Triton and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,9 @@ class MemoryTable:
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         self.rows[key] = value
+
+    def stored(self) -> Iterable[tuple[bytes, bytes]]:
+        return list(self.rows.items())
 
 
 class ConstantScorer:

@@ -168,7 +168,7 @@ def test_bytes_per_user_for_a_full_sequence() -> None:
     events = [ev(i, T0 + i, event_id=f"{i:08d}-0000-4000-8000-000000000000") for i in range(64)]
     state = feed(events)
     assert len(state.last_event_ids[0]) == 36
-    assert len(state.to_bytes()) == 143 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1537
+    assert len(state.to_bytes()) == 151 + 64 * 6 * 2 + 32 * 8 + 3 * (2 + 36) + 64 * 4 == 1545
 
 
 def test_long_event_ids_truncated() -> None:
@@ -241,9 +241,13 @@ def test_damaged_bytes_load_or_raise_value_error(pos: int, byte: int, cut: int) 
 
 
 def _older(current: bytes, version: int) -> bytes:
-    """Bytes of the same state as `version` wrote them: version 2 lacks the 36-byte counters
-    at the end of the header, version 1 also the 12-byte source offset before them."""
-    v2 = bytes([2]) + current[1:99] + current[143:]
+    """Bytes of the same state as `version` wrote them: version 3 lacks the 8-byte silence at
+    the end of the header, version 2 also the 36-byte counters before it, version 1 also the
+    12-byte source offset before them."""
+    v3 = bytes([3]) + current[1:143] + current[151:]
+    if version == 3:
+        return v3
+    v2 = bytes([2]) + v3[1:99] + v3[143:]
     return v2 if version == 2 else bytes([1]) + v2[1:87] + v2[99:]
 
 
@@ -261,15 +265,15 @@ def test_version_1_states_still_load_without_an_applied_offset() -> None:
     assert restored.has_applied(2, 41) and not restored.has_applied(2, 42)
     assert not restored.has_applied(1, 0)  # another partition: decided by event ids
     with pytest.raises(ValueError):
-        UserState.from_bytes(bytes([4]) + state.to_bytes()[1:])
+        UserState.from_bytes(bytes([5]) + state.to_bytes()[1:])
 
 
 def test_version_2_states_load_with_no_takeover_alert_yet() -> None:
     state = feed([ev(i, T0 + i) for i in range(5)])
     state.mark_applied(2, 41)
     state.last_burst_alert_ms, state.last_takeover_alert_ms = 7, 9
-    v3 = state.to_bytes()
-    old = UserState.from_bytes(_older(v3, 2))
+    v3 = _older(state.to_bytes(), 3)
+    old = UserState.from_bytes(_older(state.to_bytes(), 2))
     assert old.last_takeover_alert_ms == 0 and old.last_burst_alert_ms == 7
     assert (old.source_partition, old.source_offset) == (2, 41)
     assert old.event_count == 5 and np.array_equal(old.tokens, state.tokens)
@@ -341,7 +345,7 @@ def test_version_2_states_load_with_counters_from_their_token_rows() -> None:
         # What the rows show: two purchases, of unknown spend, dated at the last event.
         assert (old.active_days, old.purchase_count, old.purchase_days, old.spend) == (1, 2, 1, 0.0)
         assert old.first_purchase_ms == old.last_purchase_ms == T0 + 2 * DAY
-        # Written again it is a version 3 state and counts on from there.
-        assert UserState.from_bytes(old.to_bytes()).to_bytes()[0] == 3
+        # Written again it is a version 4 state and counts on from there.
+        assert UserState.from_bytes(old.to_bytes()).to_bytes()[0] == 4
         later, _ = apply_event(old, ev(3, T0 + 3 * DAY, "purchase"), VOCAB, 64)
         assert (later.purchase_count, later.purchase_days, later.active_days) == (3, 2, 2)
