@@ -69,6 +69,11 @@ SCORES_EMITTED = Counter("clickscore_scores_emitted", "Per-user scores written."
 SILENT_RESCORED = Counter(
     "clickscore_silent_rescored", "Users re-scored after a silence, without a new event."
 )
+SILENT_INDEX_REBUILD = Histogram(
+    "clickscore_silent_index_rebuild_seconds",
+    "Rebuilding the silent-user index of newly assigned partitions from the table's states.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+)
 SILENT_RESCORE_DELAY = Histogram(
     "clickscore_silent_rescore_delay_seconds",
     "From when a silent user became due (last event time + the level of silence, in event "

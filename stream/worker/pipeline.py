@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +39,7 @@ from stream.scoring.idle import (
     Due,
     IdleIndex,
     IdlePolicy,
+    rebuild,
     silence_item_hashes,
     silence_tokens,
 )
@@ -59,6 +60,7 @@ DEAD_LETTER = "dead-letter topic"  # the health component when dead letters are 
 class StateTable(Protocol):
     def load(self, key: bytes, partition: int) -> bytes | None: ...
     def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+    def stored(self) -> Iterable[tuple[bytes, bytes]]: ...
 
 
 class Scorer(Protocol):
@@ -166,6 +168,22 @@ class ScoringPipeline:
             )
         )
         metrics.SILENT_DUE.set_function(self._silent_due)
+
+    async def on_assignment(self, partitions: set[int]) -> None:
+        """The worker owns `partitions` now, their states restored: forget the silent users
+        of partitions it lost, and index those of partitions it gained from their states."""
+        self.idle.forget(self.idle.partitions() - partitions)
+        gained = partitions - self.idle.partitions()
+        if not gained:
+            return
+        started = time.perf_counter()
+        users = await rebuild(self.idle, gained, self._table.stored())
+        took = time.perf_counter() - started
+        metrics.SILENT_INDEX_REBUILD.observe(took)
+        log.info(
+            "silent-user index rebuilt from the table",
+            extra={"partitions": sorted(gained), "users": users, "seconds": round(took, 3)},
+        )
 
     def _silent_due(self) -> float:
         """The due gauge, read at each scrape by the metrics thread while the event loop may
