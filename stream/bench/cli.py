@@ -141,7 +141,8 @@ def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
     print(f"machine: {describe_machine()}")
     print(f"{args.users} synthetic users, {args.seconds:g} s of events per rate\n")
     print(
-        "| offered events/s | events | achieved events/s | event→score p50 / p95 / p99 ms "
+        "| offered events/s | events | achieved events/s "
+        "| event-triggered event→score p50 / p95 / p99 ms "
         "| alerts | event→alert written p50 / p95 / p99 ms | saturated "
         "| events per window | window ms: fold / score / results / table |"
     )

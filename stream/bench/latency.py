@@ -6,9 +6,10 @@ then send synthetic events at that rate and follow the scores topic until every 
 score covers all of their events.
 
 - event -> score: from the bench handing an event to the producer to the bench reading the
-  score whose `last_event_id` is that event from the scores topic, as a downstream consumer
-  would (a window scores each user once, on their newest event, so the other events of the
-  window have no score of their own).
+  event-triggered score whose `last_event_id` is that event from the scores topic, as a
+  downstream consumer would (a window scores each user once, on their newest event, so the
+  other events of the window have no score of their own). A silent re-score carries the
+  same event id, sent long before, and is not latency: it is skipped.
 - event -> alert written: from the sending of an alert's newest triggering event to the
   alert row's `created_at` in the database (the sink transaction's start, so a little early).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ from stream.ops.progress import wait_for_scores
 from stream.ops.promstats import parse_worker_metrics, stage_means
 from stream.ops.replay import replay
 from stream.ops.scrape import fetch_text, metrics_url
+from stream.scoring.scores import is_event_triggered
 from stream.settings import Settings
 from stream.sinks.postgres import create_engine
 from stream.stack import process
@@ -72,6 +74,18 @@ def percentiles_ms(latencies_s: list[float]) -> tuple[float, float, float]:
     return p50, p95, p99
 
 
+def score_latency_s(
+    score: Mapping[str, object], sent_ms: Mapping[str, int], now_s: float
+) -> float | None:
+    """Seconds from sending the score's event to reading the score now; None for a score of
+    an event this run did not send, or for a silent re-score (trigger "silence"). A record
+    without a trigger (schema_version 2) is event-triggered."""
+    if not is_event_triggered(score):
+        return None
+    sent = sent_ms.get(str(score.get("last_event_id")))
+    return None if sent is None else max(0.0, now_s - sent / 1000)
+
+
 def newest_sent_s(event_ids: Sequence[str], sent_ms: dict[str, int]) -> float | None:
     sent = [sent_ms[e] for e in event_ids if e in sent_ms]
     return max(sent) / 1000 if sent else None
@@ -96,9 +110,9 @@ async def measure_rate(
             sent_ms[event.event_id] = now_ms
 
     def on_score(score: dict[str, object]) -> None:
-        sent = sent_ms.get(str(score["last_event_id"]))
-        if sent is not None:
-            score_s.append(max(0.0, time.time() - sent / 1000))
+        latency = score_latency_s(score, sent_ms, time.time())
+        if latency is not None:
+            score_s.append(latency)
 
     try:
         warmup = Event("bench-warmup-1", WARMUP_USER, time.time_ns() // 1_000_000, "view")

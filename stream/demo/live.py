@@ -1,4 +1,5 @@
-"""The demo's live view: throughput, window sizes, latency, dead letters and the latest alerts.
+"""The demo's live view: throughput, window sizes, latency of event-triggered scores, silent
+re-scores, dead letters and the latest alerts.
 
 It reads the worker's Prometheus endpoint over HTTP and the alerts topic with aiokafka, and
 draws with rich (a `Live` table, progress bars) about four times a second. When stdout is not
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -51,6 +53,8 @@ class Snapshot:
     latency_p50_s: float | None
     latency_p99_s: float | None
     latency_source: str
+    silent_rescored: int  # users re-scored for their silence (the worker's counter)
+    silent_due: float | None  # due but not re-scored yet (the worker's gauge)
     dead_letters: int
     alerts_by_kind: dict[str, int]
     latest_alerts: list[dict[str, Any]]
@@ -61,7 +65,8 @@ class Snapshot:
 class LiveState:
     started: float = field(default_factory=time.monotonic)
     scrapes: deque[tuple[float, WorkerMetrics]] = field(default_factory=lambda: deque(maxlen=64))
-    latencies_s: list[float] = field(default_factory=list)  # event sent -> its score in Kafka
+    # Event sent -> its event-triggered score in Kafka (a silent re-score is not latency).
+    latencies_s: list[float] = field(default_factory=list)
     alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LATEST_ALERTS))
     alert_counts: dict[str, int] = field(default_factory=dict)
     alert_ids: set[str] = field(default_factory=set)  # delivery is at least once
@@ -95,10 +100,10 @@ def snapshot(state: LiveState, now: float) -> Snapshot:
         window_users = recent_users.mean or latest.window_users.mean
     if state.latencies_s:
         latency = histogram_of(state.latencies_s, LATENCY_BUCKETS)
-        source = "event sent -> score in Kafka"
+        source = "event sent -> event-triggered score in Kafka"
     else:
         latency = latest.event_to_score if latest is not None else histogram_of([], ())
-        source = "event time -> score (worker)"
+        source = "event time -> event-triggered score (worker)"
     return Snapshot(
         elapsed_s=now - state.started,
         events_per_s=rate,
@@ -107,6 +112,8 @@ def snapshot(state: LiveState, now: float) -> Snapshot:
         latency_p50_s=histogram_quantile(latency, 0.5),
         latency_p99_s=histogram_quantile(latency, 0.99),
         latency_source=source,
+        silent_rescored=int(latest.silent_rescored) if latest is not None else 0,
+        silent_due=latest.silent_due if latest is not None else None,
         dead_letters=int(latest.dead_letters) if latest is not None else 0,
         alerts_by_kind=dict(state.alert_counts),
         latest_alerts=list(state.alerts),
@@ -116,6 +123,10 @@ def snapshot(state: LiveState, now: float) -> Snapshot:
 
 def _number(value: float | None, fmt: str = ",.0f", unit: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.0f}"
 
 
 def _seconds(value: float | None) -> str:
@@ -131,7 +142,9 @@ def plain_line(view: Snapshot, progress: dict[str, tuple[int, int]]) -> str:
     parts += [
         f"{_number(view.events_per_s)} events/s",
         f"window {_number(view.window_events)} events/{_number(view.window_users)} users",
-        f"latency p50 {_seconds(view.latency_p50_s)} p99 {_seconds(view.latency_p99_s)}",
+        f"event-triggered latency p50 {_seconds(view.latency_p50_s)} "
+        f"p99 {_seconds(view.latency_p99_s)}",
+        f"silent re-scores {view.silent_rescored:,} (still due {_count(view.silent_due)})",
         f"dead letters {view.dead_letters}",
         "alerts " + (", ".join(f"{k} {n}" for k, n in sorted(view.alerts_by_kind.items())) or "0"),
     ]
@@ -148,10 +161,13 @@ def render(view: Snapshot) -> RenderableType:
         f"{_number(view.window_events)} events, {_number(view.window_users)} users",
     )
     stats.add_row(
-        "latency p50 / p99",
+        "event-triggered latency p50 / p99",
         f"{_seconds(view.latency_p50_s)} / {_seconds(view.latency_p99_s)}",
     )
     stats.add_row("", f"[dim]{view.latency_source}[/dim]")
+    stats.add_row(
+        "silent re-scores", f"{view.silent_rescored:,}, still due {_count(view.silent_due)}"
+    )
     stats.add_row("dead letters", str(view.dead_letters))
     counts = ", ".join(f"{kind} {n}" for kind, n in sorted(view.alerts_by_kind.items()))
     stats.add_row("alerts", counts or "0")
@@ -175,8 +191,8 @@ def render(view: Snapshot) -> RenderableType:
 class LiveView:
     """`async with LiveView(settings) as view:` draws until the block ends.
 
-    The caller reports progress with `view.progress(name, done, total)` and send-to-score
-    latencies with `view.observe_latency(seconds)`.
+    The caller reports progress with `view.progress(name, done, total)` and the send-to-score
+    latencies of event-triggered scores with `view.observe_latency(seconds)`.
     """
 
     def __init__(self, settings: Settings, console: Console | None = None) -> None:

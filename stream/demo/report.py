@@ -89,7 +89,7 @@ class ReportData:
     facts: Sequence[tuple[str, str]]  # the summary, label -> value
     scores: Mapping[str, Sequence[float]]  # SCORE_NAMES key -> one value per user
     alerts: Sequence[tuple[datetime, str]]  # (event time, kind)
-    latencies_s: Sequence[float]
+    latencies_s: Sequence[float]  # event-triggered scores only
     latency_source: str
     accuracy: Sequence[PrecisionRecall]
     model: ModelEvaluation
@@ -202,10 +202,11 @@ def latency_histogram(latencies_s: Sequence[float], source: str) -> Figure:
     ax.set_xlabel("seconds")
     ax.set_ylabel("scores")
     return Figure(
-        "Event-to-score latency",
-        f"Histogram of {len(values)} event-to-score latencies on a log scale ({source})",
+        "Event-triggered score latency",
+        f"Histogram of {len(values)} event-triggered score latencies on a log scale ({source})",
         _png(fig),
-        f"Measured as: {source}.",
+        f"Measured as: {source}. Silent re-scores are not latency: the summary gives their "
+        "own figure, from when each fell due.",
     )
 
 

@@ -12,18 +12,21 @@
 5. Stops everything it started (also on Ctrl-C).
 
 Latency here runs from the moment the demo sends an event to the moment its score is in
-Kafka. The worker's own histogram measures from the event's timestamp, which for a replay of
-days of history compressed into seconds is days, not the pipeline's delay.
+Kafka, for event-triggered scores only; silent re-scores get their own figure, from when they
+fell due (score_times.py). The worker's own histogram measures from the event's timestamp,
+which for a replay of days of history compressed into seconds is days, not the pipeline's
+delay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +50,7 @@ from stream.demo.report import (
     write_report,
 )
 from stream.demo.report_data import RunResults, read_results, served_model_evaluation
+from stream.demo.score_times import ScoreTimes
 from stream.ops.progress import wait_for_scores
 from stream.ops.replay import ensure_topic, replay
 from stream.scoring.alerts import ANOMALY, BURST, CHURN, TAKEOVER
@@ -54,7 +58,7 @@ from stream.settings import Settings
 from stream.stack import local, postgres, process
 from stream.stack.process import free_port, spawn_command
 
-LATENCY_SOURCE = "from the demo sending the event to its score in Kafka"
+LATENCY_SOURCE = "from the demo sending the event to its event-triggered score in Kafka"
 # Events/s offered by default: below half of the saturation measured with one worker on a
 # shared two-core machine, the transformer on the CPU (BENCHMARKS.md, "Latency at offered
 # rates, after the change", and "Demo": the demo's users have full sequences), so the live
@@ -84,7 +88,7 @@ class _Run:
     users: int
     replay_s: float = 0.0
     scoring_s: float = 0.0
-    latencies_s: list[float] | None = None
+    times: ScoreTimes = field(default_factory=ScoreTimes)
     final: Snapshot | None = None
 
 
@@ -214,8 +218,7 @@ async def _replay_live(
     expected: Counter[str],
     alive: Callable[[], bool],
 ) -> _Run:
-    run = _Run(events=len(events), users=len(expected), latencies_s=[])
-    sent_ms: dict[str, int] = {}
+    run = _Run(events=len(events), users=len(expected))
     scored: set[str] = set()
     async with LiveView(settings, Console()) as view:
         view.progress("replay", 0, len(events))
@@ -223,18 +226,12 @@ async def _replay_live(
         await view.wait_for_worker(120.0, alive)
 
         def on_batch(batch: Sequence[Event]) -> None:
-            now_ms = time.time_ns() // 1_000_000
-            for event in batch:
-                sent_ms[event.event_id] = now_ms
-            view.progress("replay", len(sent_ms), len(events))
+            run.times.sent(batch, time.time_ns() // 1_000_000)
+            view.progress("replay", len(run.times.sent_ms), len(events))
 
         def on_score(score: dict[str, object]) -> None:
-            sent_at = sent_ms.get(str(score["last_event_id"]))
-            scored_at = score.get("scored_at_ms")
-            if sent_at is not None and isinstance(scored_at, int):
-                latency = max(0.0, (scored_at - sent_at) / 1000)
-                assert run.latencies_s is not None
-                run.latencies_s.append(latency)
+            latency = run.times.observe(score)  # None for a silent re-score
+            if latency is not None:
                 view.observe_latency(latency)
             user = str(score["user_id"])
             count = score["event_count"]
@@ -326,6 +323,18 @@ def _latency_text(latencies: Sequence[float]) -> str:
     return f"p50 {_seconds(p50)}, p99 {_seconds(p99)}, max {_seconds(max(latencies))}"
 
 
+def _silent_text(delays: Sequence[float], still_due: float | None) -> str:
+    """Silent re-scores: how many, how long after they fell due, how many the worker still
+    owes (its gauge at the end of the run)."""
+    due = "-" if still_due is None or math.isnan(still_due) else f"{still_due:,.0f}"
+    if not delays:
+        return f"0, still due {due}"
+    p50, p99 = quantile(delays, 0.5), quantile(delays, 0.99)
+    return (
+        f"{len(delays):,}, due-to-emitted p50 {_seconds(p50)}, p99 {_seconds(p99)}, still due {due}"
+    )
+
+
 def _seconds(value: float) -> str:
     return f"{value * 1000:,.0f} ms" if value < 1 else f"{value:,.1f} s"
 
@@ -333,11 +342,20 @@ def _seconds(value: float) -> str:
 def _facts(run: _Run, results: RunResults) -> list[tuple[str, str]]:
     kinds = Counter(kind for _, kind, _ in results.alerts)
     final = run.final
+    times = run.times
     return [
         ("events replayed", f"{run.events:,} of {run.users} users in {run.replay_s:.1f} s"),
         ("all users scored after", f"{run.scoring_s:.1f} s"),
-        ("scores emitted", f"{len(run.latencies_s or ()):,}"),
-        ("event-to-score latency", _latency_text(run.latencies_s or ())),
+        (
+            "scores emitted",
+            f"{len(times.event_s):,} event-triggered, "
+            f"{len(times.silent_delay_s):,} silent re-scores",
+        ),
+        ("event-triggered score latency", _latency_text(times.event_s)),
+        (
+            "silent re-scores",
+            _silent_text(times.silent_delay_s, final.silent_due if final else None),
+        ),
         ("dead letters", str(final.dead_letters if final else 0)),
         ("users with a score in PostgreSQL", str(len(results.scores["churn_risk"]))),
         (
@@ -395,7 +413,7 @@ def _write_report(
         facts=_facts(run, results),
         scores=results.scores,
         alerts=[(at, kind) for _, kind, at in results.alerts],
-        latencies_s=run.latencies_s or [],
+        latencies_s=run.times.event_s,
         latency_source=LATENCY_SOURCE,
         accuracy=accuracy,
         model=served_model_evaluation(settings.model_repo, settings.triton_model),

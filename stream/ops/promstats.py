@@ -100,8 +100,10 @@ class WorkerMetrics:
     alerts: dict[str, float] = field(default_factory=dict)
     window_events: Histogram = Histogram()
     window_users: Histogram = Histogram()
-    event_to_score: Histogram = Histogram()
+    event_to_score: Histogram = Histogram()  # event-triggered scores only
     assigned_partitions: int = 0  # partitions with a consumer-lag sample
+    silent_rescored: float = 0.0
+    silent_due: float | None = None  # None: a worker that does not export the gauge
 
 
 _HISTOGRAMS = {
@@ -126,7 +128,12 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
                 alerts[labels.get("kind", "?")] = value
             elif name == "clickscore_consumer_lag":
                 lag_partitions += 1
-            elif name in ("clickscore_events_consumed_total", "clickscore_scores_emitted_total"):
+            elif name in (
+                "clickscore_events_consumed_total",
+                "clickscore_scores_emitted_total",
+                "clickscore_silent_rescored_total",
+                "clickscore_silent_rescores_due",
+            ):
                 counters[name] = value
             elif name.endswith("_bucket") and name[: -len("_bucket")] in buckets:
                 buckets[name[: -len("_bucket")]].append((float(labels["le"]), value))
@@ -142,6 +149,8 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         dead_letters=counters.get("dead_letters", 0.0),
         alerts=alerts,
         assigned_partitions=lag_partitions,
+        silent_rescored=counters.get("clickscore_silent_rescored_total", 0.0),
+        silent_due=counters.get("clickscore_silent_rescores_due"),
         **histograms,
     )
 

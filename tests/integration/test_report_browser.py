@@ -105,7 +105,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert 'data-images-ok="true"' in body.group(0), body.group(0)
     assert 'data-images-decoded="3"' in body.group(0), body.group(0)
     assert dom.stdout.count("<img") == 3
-    for title in ("Score distributions", "Alert timeline", "Event-to-score latency"):
+    for title in ("Score distributions", "Alert timeline", "Event-triggered score latency"):
         assert title in dom.stdout
     assert "mean_roc_auc" in dom.stdout
     # The flagged users, each with why: score, threshold, reason and last events.

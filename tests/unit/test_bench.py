@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stream.bench.latency import newest_sent_s, percentiles_ms, rate_events
+from stream.bench.latency import newest_sent_s, percentiles_ms, rate_events, score_latency_s
 from stream.bench.scaling import measure_table
 from stream.contract.events import Event
 
@@ -25,6 +25,18 @@ def test_percentiles_and_the_newest_sent_event() -> None:
     sent = {"a": 1_000, "b": 3_000}
     assert newest_sent_s(["a", "b", "unknown"], sent) == 3.0
     assert newest_sent_s(["unknown"], sent) is None
+
+
+def test_latency_counts_event_triggered_scores_and_skips_silent_rescores() -> None:
+    sent = {"u1-e9": 1_000_000}
+    event = {"user_id": "u1", "last_event_id": "u1-e9", "trigger": "event", "silence_ms": 0}
+    silent = event | {"trigger": "silence", "silence_ms": 86_400_000}
+    schema_2 = {"user_id": "u1", "last_event_id": "u1-e9"}  # no trigger: always an event
+    assert score_latency_s(event, sent, now_s=1_000.25) == pytest.approx(0.25)
+    assert score_latency_s(schema_2, sent, now_s=1_000.25) == pytest.approx(0.25)
+    # The same event id, read hours later: counted, it would be hours of "latency".
+    assert score_latency_s(silent, sent, now_s=4_600.0) is None
+    assert score_latency_s(event | {"last_event_id": "other"}, sent, now_s=1_001.0) is None
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])

@@ -1,13 +1,18 @@
-"""The demo's pure decisions: whether a first model must be trained, and what it replays."""
+"""The demo's pure decisions: whether a first model must be trained, what it replays, and how
+it times the scores it reads."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from stream.contract.events import Event
 from stream.datasets.synthetic import UserTruth
 from stream.demo.report_data import RunResults
-from stream.demo.run import DemoOptions, _accuracy, _clickstream, _has_model
+from stream.demo.run import DemoOptions, _accuracy, _clickstream, _facts, _has_model, _Run
+from stream.demo.score_times import ScoreTimes
 from tests.conftest import make_settings
 
 
@@ -82,3 +87,45 @@ def test_the_rules_reach_the_anomaly_target_on_fresh_generated_users() -> None:
     assert combined.recall is not None and combined.recall >= 0.9
     assert rows["takeover alerts vs takeovers"].recall == 1.0
     assert result.flagged_before_start == 0 and not result.people_flagged
+
+
+def test_the_demo_times_event_scores_as_latency_and_silent_rescores_from_when_they_fell_due() -> (
+    None
+):
+    """The demo sends u1's last view at wall time 100 s (event time 1 h), then, 2 s later, an
+    event at 2 h that moves event time past u1's first hour of silence. u1's event score
+    lands 50 ms after its view; its silent re-score 500 ms after the 2 h event was sent."""
+    hour_ms = 3_600_000
+    times = ScoreTimes()
+    times.sent([Event("u1-e1", "u1", hour_ms, "view")], at_ms=100_000)
+    times.sent([Event("u2-e1", "u2", 2 * hour_ms, "view")], at_ms=102_000)
+    record = {
+        "schema_version": 3,
+        "user_id": "u1",
+        "last_event_id": "u1-e1",
+        "last_event_ts_ms": hour_ms,
+        "event_count": 1,
+        "scored_at_ms": 100_050,
+        "trigger": "event",
+        "silence_ms": 0,
+    }
+    assert times.observe(record) == pytest.approx(0.05)
+    silent = record | {"trigger": "silence", "silence_ms": hour_ms, "scored_at_ms": 102_500}
+    assert times.observe(silent) is None  # not latency
+    assert times.event_s == [pytest.approx(0.05)]  # counted, the silent one would read 2.45 s
+    assert times.silent_delay_s == [pytest.approx(0.5)]
+    # A record from before trigger existed (schema_version 2) is event-triggered.
+    old = {k: v for k, v in record.items() if k not in ("trigger", "silence_ms")}
+    assert times.observe(old | {"schema_version": 2}) == pytest.approx(0.05)
+    assert len(times.event_s) == 2 and len(times.silent_delay_s) == 1
+
+
+def test_the_summary_labels_event_latency_and_silent_rescores_apart() -> None:
+    run = _Run(events=3, users=2)
+    run.times.event_s += [0.02, 0.04]
+    run.times.silent_delay_s += [1.5]
+    results = RunResults({"churn_risk": [0.1, 0.2]}, [], 0, [])
+    facts = dict(_facts(run, results))
+    assert facts["scores emitted"] == "2 event-triggered, 1 silent re-scores"
+    assert facts["event-triggered score latency"].startswith("p50 30 ms, p99 40 ms")
+    assert facts["silent re-scores"] == "1, due-to-emitted p50 1.5 s, p99 1.5 s, still due -"

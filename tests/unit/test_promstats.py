@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from stream.demo.live import LiveState, plain_line, snapshot
 from stream.ops.promstats import (
@@ -80,6 +80,24 @@ def test_parse_worker_metrics_sums_labelled_counters() -> None:
     assert parsed.events_consumed == 120
     assert parsed.dead_letters == 5
     assert parsed.alerts == {"churn": 4}
+
+
+def test_parse_worker_metrics_reads_the_silent_rescores() -> None:
+    registry = CollectorRegistry()
+    rescored = Counter("clickscore_silent_rescored", "x", registry=registry)
+    due = Gauge("clickscore_silent_rescores_due", "x", registry=registry)
+    assert parse_worker_metrics(generate_latest(registry).decode()).silent_rescored == 0
+    rescored.inc(7)
+    due.set(3)
+    parsed = parse_worker_metrics(generate_latest(registry).decode())
+    assert (parsed.silent_rescored, parsed.silent_due) == (7, 3)
+    assert parse_worker_metrics("").silent_due is None  # a worker without the gauge
+
+    state = LiveState(started=0.0)
+    state.add_scrape(1.0, parsed)
+    view = snapshot(state, now=2.0)
+    assert (view.silent_rescored, view.silent_due) == (7, 3)
+    assert "silent re-scores 7 (still due 3)" in plain_line(view, {})
 
 
 def test_snapshot_rates_and_plain_line() -> None:
