@@ -108,6 +108,8 @@ def test_the_dashboard_shows_what_the_people_on_call_need() -> None:
         "nv_inference_request_failure",  # Triton errors
         "clickscore_retries_total",  # retries by target
         "clickscore_actions_recorded_total",  # retention actions
+        "clickscore_silent_rescore_delay_seconds_bucket",  # silent users: due -> re-scored
+        "clickscore_silent_rescores_due",  # silent users: due, not re-scored yet
     } <= used
     exprs = "\n".join(dashboards.dashboard_exprs())
     assert "histogram_quantile(" in exprs
@@ -240,4 +242,49 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules))
     done = _promtool_run("check", "rules", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_silent_user_panels_read_the_delay_and_the_due_count(tmp_path: Path) -> None:
+    """promtool evaluates the Silent users panels' queries on series as two workers export
+    them: 60 re-scores a minute, all between 30 and 60 s after they fell due, and 3 + 4
+    users still due."""
+    panels = {p["title"]: p for p in dashboards.dashboard_panels()}
+    exprs = {
+        t["legendFormat"]: t["expr"].replace("$__rate_interval", "5m")
+        for title in ("Silent re-score delay", "Silent users due and re-scored")
+        for t in panels[title]["targets"]
+    }
+    delay = "clickscore_silent_rescore_delay_seconds_bucket"
+    series = [
+        {"series": f'{delay}{{instance="a", le="{le}"}}', "values": values}
+        for le, values in (("10", "0x10"), ("30", "0x10"), ("60", "0+60x10"), ("+Inf", "0+60x10"))
+    ]
+    series += [
+        {"series": 'clickscore_silent_rescores_due{instance="a"}', "values": "3x10"},
+        {"series": 'clickscore_silent_rescores_due{instance="b"}', "values": "4x10"},
+        {"series": 'clickscore_silent_rescored_total{instance="a"}', "values": "0+60x10"},
+    ]
+    expected = {"p50": 45.0, "p99": 59.7, "still due": 7.0, "re-scored per minute": 60.0}
+    assert set(exprs) == set(expected)
+    tests = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": exprs[name],
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": "{}", "value": value}],
+                    }
+                    for name, value in expected.items()
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "silent-panels.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = _promtool_run("test", "rules", path.name, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
