@@ -21,19 +21,19 @@ user per touch; entries made stale by a newer event are dropped when they surfac
 heap is rebuilt from the live entries when stale ones outnumber them.
 
 The index lives in memory and is rebuilt from the table whenever the worker is assigned a
-partition (at start, after a restart, after a rebalance moved it here): `rebuild` reads each
-stored state's header (`silence_point`: its last event time and the longest silence it was
-already re-scored at, which the state keeps since format 4) and puts the user at the first
-level beyond it. The partition's clock is the newest last-event time among its states, the
-clock it had when they were written. So a user silent since before a restart is due at the
-same levels as if nothing had happened, one whose levels passed while no worker read the
-partition is re-scored once, at the longest of them, and no level is scored twice. A
-partition revoked from this worker is forgotten (`forget`): its new owner rebuilds it.
+partition (at start, after a restart, after a rebalance moved it here): stream/scoring/
+rebuild.py reads each stored state's header (`silence_point`: its last event time and the
+longest silence it was already re-scored at, which the state keeps since format 4) and
+`restore` puts the user at the first level beyond it. The partition's clock is the newest
+last-event time among its states, the clock it had when they were written. So a user
+silent since before a restart is due at the same levels as if nothing had happened, one
+whose levels passed while no worker read the partition is re-scored once, at the longest
+of them, and no level is scored twice. A partition revoked from this worker is forgotten
+(`forget`): its new owner rebuilds it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,12 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.contract.events import Event
-from stream.contract.state import (
-    UserState,
-    silence_point,
-    stack_item_hashes,
-    stack_padded,
-)
+from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary, tokenize
 
 SILENCE = "silence"  # not an event type of the contract: tokenised as OTHER
@@ -186,39 +181,6 @@ class IdleIndex:
             else:
                 del part.last_ts[user_id]
         return out
-
-
-async def rebuild(
-    index: IdleIndex,
-    partitions: set[int],
-    stored: Iterable[tuple[bytes, bytes]],
-    yield_every: int = 10_000,
-) -> int:
-    """Index the users of `partitions` from their stored (key, state bytes); how many.
-
-    A state of a version that kept no partition (format 1) is indexed under every one of
-    them: the pipeline loads a due user from its own partition and skips one it cannot
-    find there. States that cannot be read are skipped: the pipeline dead-letters nothing
-    here, and such a state fails on the user's next event anyway. Yields to the event loop
-    every `yield_every` states, so a large table does not starve the worker's other tasks.
-    """
-    index.claim(partitions)
-    indexed = 0
-    for n, (key, value) in enumerate(stored, 1):
-        if n % yield_every == 0:
-            await asyncio.sleep(0)
-        try:
-            point = silence_point(value)
-        except ValueError:
-            continue
-        if not point.event_count:
-            continue
-        user_id = key.decode("utf-8", "surrogatepass")
-        owners = partitions if point.partition < 0 else {point.partition} & partitions
-        for partition in owners:
-            index.restore(partition, user_id, point.last_ts_ms, point.silence_scored_ms)
-            indexed += 1
-    return indexed
 
 
 def silence_tokens(

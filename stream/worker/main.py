@@ -33,7 +33,7 @@ def build_worker(
         app.producer, settings, stop=stop, max_request_bytes=app.conf.producer_max_request_size
     )
     pipeline = ScoringPipeline(settings, table, scorer, store, publisher, health=health, stop=stop)
-    table.on_assignment(pipeline.on_assignment)
+    table.on_assignment(pipeline.silent_index)
     started = False
 
     async def on_start() -> None:

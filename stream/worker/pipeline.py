@@ -39,11 +39,11 @@ from stream.scoring.idle import (
     Due,
     IdleIndex,
     IdlePolicy,
-    rebuild,
     silence_item_hashes,
     silence_tokens,
 )
 from stream.scoring.pseudonym import Pseudonymiser
+from stream.scoring.rebuild import IndexRebuilder
 from stream.scoring.scores import EVENT, SILENCE, Score
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
@@ -168,21 +168,9 @@ class ScoringPipeline:
             )
         )
         metrics.SILENT_DUE.set_function(self._silent_due)
-
-    async def on_assignment(self, partitions: set[int]) -> None:
-        """The worker owns `partitions` now, their states restored: forget the silent users
-        of partitions it lost, and index those of partitions it gained from their states."""
-        self.idle.forget(self.idle.partitions() - partitions)
-        gained = partitions - self.idle.partitions()
-        if not gained:
-            return
-        started = time.perf_counter()
-        users = await rebuild(self.idle, gained, self._table.stored())
-        took = time.perf_counter() - started
-        metrics.SILENT_INDEX_REBUILD.observe(took)
-        log.info(
-            "silent-user index rebuilt from the table",
-            extra={"partitions": sorted(gained), "users": users, "seconds": round(took, 3)},
+        # The table tells it of each assignment (stream/worker/tables.py, on_assignment).
+        self.silent_index = IndexRebuilder(
+            self.idle, table.stored, observe=metrics.SILENT_INDEX_REBUILD.observe
         )
 
     def _silent_due(self) -> float:

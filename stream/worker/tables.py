@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import faust
+from faust.stores.memory import Store as MemoryStore
 
 from stream.faust_ext import in_partition_of
 from stream.settings import WorkerSettings
 
 TABLE_NAME = "user_state"
+
+
+class AssignmentListener(Protocol):
+    async def rebalancing(self) -> None: ...
+    async def assigned(self, partitions: set[int]) -> None: ...
 
 
 class UserStateTable(faust.Table):  # type: ignore[misc]
@@ -24,30 +30,50 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
     access here first makes an event of the user's own partition current. Users are keyed
     by user_id like the events topic, so that partition is the one their events came from.
 
-    After every recovery (the worker's start, each rebalance) the table tells its listeners
-    which partitions this worker now owns, with their states restored: the silent-user index
-    is rebuilt from them (stream/scoring/idle.py).
+    The table tells its listeners when a rebalance starts and, after every recovery (the
+    worker's start, each rebalance), which partitions this worker now owns, with their
+    states restored: the silent-user index is rebuilt from them (stream/scoring/idle.py).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._assignment_listeners: list[Callable[[set[int]], Awaitable[None]]] = []
+        self._listeners: list[AssignmentListener] = []
 
-    def on_assignment(self, listener: Callable[[set[int]], Awaitable[None]]) -> None:
-        """Call `listener(partitions)` once the states of a new assignment are restored."""
-        self._assignment_listeners.append(listener)
+    def on_assignment(self, listener: AssignmentListener) -> None:
+        """Tell `listener` when a rebalance starts, and which partitions this worker owns
+        once their states are restored."""
+        self._listeners.append(listener)
+
+    async def on_rebalance(
+        self,
+        assigned: set[Any],
+        revoked: set[Any],
+        newly_assigned: set[Any],
+        generation_id: int = 0,
+    ) -> None:
+        # Before the store lets go of revoked partitions: nothing may be reading them then.
+        for listener in self._listeners:
+            await listener.rebalancing()
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     async def on_recovery_completed(self, active_tps: set[Any], standby_tps: set[Any]) -> None:
         # Faust's store drops revoked partitions' states first (memory store) and Faust
-        # resumes the streams only after this returns: no window runs meanwhile.
+        # resumes the streams only after this returns.
         await super().on_recovery_completed(active_tps, standby_tps)
         partitions = {tp.partition for tp in active_tps}
-        for listener in self._assignment_listeners:
-            await listener(partitions)
+        for listener in self._listeners:
+            await listener.assigned(partitions)
 
     def stored(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, state bytes) of the partitions this worker owns."""
-        items: Iterator[tuple[bytes, bytes]] = iter(self.data.items())
+        """Every (key, state bytes) of the partitions this worker owns, for a reader that
+        may run while windows write the table: RocksDB iterators read a snapshot; the
+        memory store's dict is read from a copy of its keys (a dict cannot be iterated
+        while it grows), each value as it is when its turn comes."""
+        store = self.data
+        if isinstance(store, MemoryStore):
+            rows: dict[bytes, bytes] = store.data
+            return ((key, value) for key in list(rows) if (value := rows.get(key)) is not None)
+        items: Iterator[tuple[bytes, bytes]] = iter(store.items())
         return items
 
     def remember(self, events: Iterable[faust.EventT]) -> None:

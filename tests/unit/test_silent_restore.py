@@ -3,6 +3,7 @@ user is re-scored at the same levels, once each, as if no worker had stopped (no
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,8 @@ from stream.contract.state import (
 )
 from stream.contract.tokenizer import OTHER, Vocabulary
 from stream.scoring.alerts import Alert
-from stream.scoring.idle import IdleIndex, IdlePolicy, rebuild
+from stream.scoring.idle import IdleIndex, IdlePolicy
+from stream.scoring.rebuild import IndexRebuilder, rebuild
 from stream.scoring.scores import Score
 from stream.worker.pipeline import ScoringPipeline
 from stream.worker.triton_client import ModelScores
@@ -182,14 +184,15 @@ def _churn(alerts: list[Alert]) -> list[tuple[str, str, int]]:
 async def test_a_restart_after_every_window_rescores_and_alerts_as_if_none_happened() -> None:
     straight, straight_table = RecordingOutputs(), MemoryTable()
     running = _pipeline(straight_table, straight)
-    await running.on_assignment({0})
+    await running.silent_index.assigned({0})
     for window in _windows():
         await running.process(window)
 
     restarted, table = RecordingOutputs(), MemoryTable()
     for window in _windows():
         worker = _pipeline(table, restarted)  # a new process: an empty index
-        await worker.on_assignment({0})  # the partition assigned, its states restored
+        await worker.silent_index.assigned({0})  # the partition assigned, states restored
+        await worker.silent_index.wait()
         await worker.process(window)
 
     expected = _churn(straight.alerts)
@@ -216,3 +219,70 @@ async def test_without_the_rebuild_a_restart_forgets_the_quiet_users() -> None:
         await worker.process(window)
     assert _silent(outputs.scores)[3:] == []
     assert _churn(outputs.alerts) == []
+
+
+def _many_quiet_windows(users: int) -> list[list[Message]]:
+    """`users` quiet users' events in the first window, then the clock windows of _windows."""
+    first, offset = [], 0
+    for u in range(users):
+        for n, ts in enumerate((START_MS - 48 * HOUR_MS, START_MS - HOUR_MS, START_MS)):
+            first.append(_view(f"quiet-{u:03d}", n, ts, offset))
+            offset += 1
+    clock = [
+        [Message(m.key, m.value, m.topic, m.partition, offset + i) for m in window]
+        for i, window in enumerate(_windows()[1:])
+    ]
+    return [first, *clock]
+
+
+async def test_windows_scored_while_the_index_is_rebuilt_score_no_level_twice() -> None:
+    """The rebuild runs in the background, a state at a time here, while the new worker
+    scores windows: users it has not reached yet are re-scored later, at the longest level
+    passed by then, and none twice."""
+    users = 60
+    outputs, table = RecordingOutputs(), MemoryTable()
+    windows = _many_quiet_windows(users)
+    before = _pipeline(table, outputs)
+    await before.silent_index.assigned({0})
+    for window in windows[:3]:  # the 1 h level scored, then the worker stops
+        await before.process(window)
+    worker = _pipeline(table, outputs)
+    worker.silent_index = IndexRebuilder(worker.idle, table.stored, yield_every=1)
+    await worker.silent_index.assigned({0})  # starts the rebuild, returns at once
+    await worker.process(windows[3])
+    assert len(worker.idle) < users  # the window ran before the rebuild was done
+    for window in windows[4:]:
+        await worker.process(window)
+    await worker.silent_index.wait()
+    # Users restored after the last window are due and go with the next one.
+    await worker.process([_view("clock", 99, START_MS + 121 * HOUR_MS, 10_000)])
+
+    levels: dict[str, list[int]] = {}
+    for score in outputs.scores:
+        if score.user_id.startswith("quiet") and score.trigger == "silence":
+            levels.setdefault(score.user_id, []).append(score.silence_ms // HOUR_MS)
+    assert len(levels) == users
+    for user, hours in levels.items():
+        assert hours == sorted(set(hours)), (user, hours)  # no level twice, in order
+        assert hours[0] == 1 and hours[-1] == 8, (user, hours)  # the last level reached
+    churn = [a.user_id for a in outputs.alerts if a.kind == "churn"]
+    assert sorted(u for u in churn if u.startswith("quiet")) == sorted(levels)
+
+
+async def test_a_rebalance_during_a_rebuild_forgets_the_unfinished_partitions() -> None:
+    table = MemoryTable()
+    for u in range(50):
+        state, _ = apply_event(None, Event(f"e{u}", f"u{u}", START_MS, "view"), VOCAB, 8)
+        state.mark_applied(0, u)
+        table.put(f"u{u}".encode(), state.to_bytes(), 0)
+    index = IdleIndex(POLICY)
+    rebuilder = IndexRebuilder(index, table.stored, yield_every=1)
+    await rebuilder.assigned({0})
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert 0 < len(index) < 50  # part-way
+    await rebuilder.rebalancing()
+    assert index.partitions() == set()  # not left half-built
+    await rebuilder.assigned({0})
+    await rebuilder.wait()
+    assert len(index) == 50
