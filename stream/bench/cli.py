@@ -193,7 +193,7 @@ def _float_list(text: str) -> list[float]:
 
 
 def _silent_command(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.bench.silent import bench_silent
+    from stream.bench.silent import bench_rebuild, bench_silent
     from stream.scoring.idle import IdlePolicy
 
     policy = IdlePolicy(
@@ -215,6 +215,22 @@ def _silent_command(settings: Settings, args: argparse.Namespace) -> int:
             f"{policy.max_users_per_pass} users, "
             f"{r.passes:,} passes to re-score {r.rescored:,}"
         )
+    if args.rebuild_stores:
+        print(
+            "\nrebuilding the index from the table (a worker assigned every partition):\n"
+            "| store | users | indexed | wall s | CPU s | µs CPU per user "
+            "| longest stretch without yielding, ms | RSS growth MiB |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )
+    for store in args.rebuild_stores:
+        for users in args.users:
+            b = bench_rebuild(store, users, policy, settings.sequence_length)
+            print(
+                f"| {b.store} | {b.users:,} | {b.indexed:,} | {b.wall_s:.2f} | {b.cpu_s:.2f} "
+                f"| {b.cpu_s / b.users * 1e6:.2f} | {b.longest_block_ms:.0f} "
+                f"| {b.rss_growth_bytes / 2**20:,.0f} |",
+                flush=True,
+            )
     return 0
 
 
@@ -290,6 +306,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         "silent", help="memory and cost of the silent-user index at 10k to 1M users"
     )
     silent.add_argument("--users", type=_int_list, default=[10_000, 100_000, 1_000_000])
+    silent.add_argument(
+        "--rebuild-stores",
+        type=lambda t: [part for part in t.split(",") if part],
+        default=["memory", "rocksdb"],
+        help="stores to time the index rebuild from ('' for none)",
+    )
     silent.set_defaults(handler=_silent_command)
     latency = targets.add_parser(
         "latency", help="event-to-score and event-to-alert latency at offered rates"
