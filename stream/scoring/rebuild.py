@@ -13,6 +13,9 @@ A window may touch a user of a partition still being rebuilt: `IdleIndex.restore
 the newer of the two. A rebalance cancels a rebuild in progress before the store lets go of
 any partition, and the partitions it had not finished are rebuilt from the start once the
 new assignment is restored.
+
+States written before format 4 carry no silence re-scored: after an upgrade, a user whose
+levels passed under the older worker is re-scored once more, at the longest level passed.
 """
 
 from __future__ import annotations
