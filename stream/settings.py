@@ -313,6 +313,18 @@ class WorkerSettings(
         None,
         description="HMAC-SHA256 key for user ids in outgoing scores and alerts; None: raw ids.",
     )
+    # --- Served quality (stream/worker/quality.py) ------------------------------------------
+    drift_window_s: int = Field(
+        3600,
+        ge=60,
+        description="Wall-clock window of served scores and features whose PSI against the "
+        "version's reference the worker exports.",
+    )
+    drift_min_count: int = Field(
+        1000,
+        ge=1,
+        description="Values a series needs in the drift window before its PSI is exported.",
+    )
 
     @model_validator(mode="after")
     def _check_worker(self) -> WorkerSettings:

@@ -67,6 +67,15 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     from trainer.customers.head_command import add_head_parser
 
     add_head_parser(actions)
+    reference = actions.add_parser(
+        "reference",
+        help="write a version's reference distributions of its scores and behaviour features "
+        "(reference.json), which the worker's drift gauges compare served traffic with",
+    )
+    chosen = reference.add_mutually_exclusive_group()
+    chosen.add_argument("--version", type=int, help="default: the served version")
+    chosen.add_argument("--all", action="store_true", help="every version in the repository")
+    reference.set_defaults(handler=run_reference)
 
 
 def _train_args(args: argparse.Namespace) -> object:
@@ -174,6 +183,29 @@ def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
             f"{picked['validation_precision']:.2f}, recall {picked['validation_recall']:.2f}, "
             f"base rate {picked['validation_base_rate']:.2f}); reload the model to serve it"
         )
+    return 0
+
+
+def run_reference(settings: TrainerSettings, args: argparse.Namespace) -> int:
+    from trainer import promote
+    from trainer.export import versions
+    from trainer.reference import write_reference
+
+    if args.all:
+        chosen = [
+            (v, promote.served_dir(settings) / str(v))
+            for v in versions(promote.served_dir(settings))
+        ]
+    else:
+        found = promote.version_dir(settings, args.version)
+        chosen = [] if found is None else [found]
+    if not chosen:
+        print("no version")
+        return 1
+    for version, folder in chosen:
+        started = time.monotonic()
+        path = write_reference(folder)
+        print(f"v{version}: {path} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

@@ -24,6 +24,7 @@ from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
 from trainer.nextclick.protocol import train_for_serving
+from trainer.reference import validation_reference, write_reference
 from trainer.thresholds import threshold_for_precision
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
 
@@ -203,6 +204,7 @@ def train_candidate(
         alert_thresholds=thresholds,
         next_event=next_event,
     )
+    write_reference(folder, validation_reference(folder, model, parts.validation))
     return folder, parts.test
 
 

@@ -29,12 +29,14 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Histogram
 
+from stream.contract.drift import Reference
 from stream.contract.events import Event, Rejection, ValidationLimits
 from stream.contract.features import stack_features
 from stream.contract.state import UserState, stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary
 from stream.retry import Stopping, retry_forever, summary
 from stream.scoring.alerts import Alert, AlertRules, evaluate
+from stream.scoring.drift import DriftMonitor
 from stream.scoring.idle import (
     Due,
     IdleIndex,
@@ -47,7 +49,7 @@ from stream.scoring.rebuild import IndexRebuilder
 from stream.scoring.scores import EVENT, SILENCE, Score
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
-from stream.worker import metrics
+from stream.worker import metrics, quality
 from stream.worker.metrics import Health
 from stream.worker.triton_client import ModelScores
 from stream.worker.window import MODEL_REJECTED, PROCESSING_ERROR, Message, Window, fold
@@ -143,6 +145,7 @@ class ScoringPipeline:
         clock: Callable[[], float] = time.time,
         health: Health | None = None,
         stop: asyncio.Event | None = None,
+        reference_of: Callable[[str], Reference | None] | None = None,
     ) -> None:
         self._health = health or Health()
         self._stop = stop
@@ -172,6 +175,13 @@ class ScoringPipeline:
         self.silent_index = IndexRebuilder(
             self.idle, table.stored, observe=metrics.SILENT_INDEX_REBUILD.observe
         )
+        # Drift of what is served against each version's reference (stream/worker/quality.py).
+        self.drift = DriftMonitor(
+            reference_of or quality.ReferenceFiles(settings.model_repo / settings.triton_model),
+            window_s=settings.drift_window_s,
+            min_count=settings.drift_min_count,
+        )
+        quality.COLLECTOR.watch(self.drift, clock)
 
     def _silent_due(self) -> float:
         """The due gauge, read at each scrape by the metrics thread while the event loop may
@@ -228,16 +238,18 @@ class ScoringPipeline:
             partitions += [partition for partition, _, _ in silent]
         silent_ms = [0] * len(window.states)
         silent_ms += [entry.elapsed_ms(self.idle.policy) for _, entry, _ in silent]
-        model = await self._score(tokens, item_hashes, states, silent_ms)
+        model, features = await self._score(tokens, item_hashes, states, silent_ms)
         started = _observe(stage, "score", started)
         keep = await self._dead_letter_refused(window, users, model)
         if len(keep) < len(users):
             users, states, partitions, silent_ms = _rows(keep, users, states, partitions, silent_ms)
             model = model.rows(keep)
+            features = None if features is None else features[keep]
             if not users:
                 return
         states, scores, alerts = self._results(users, states, model, silent_ms)
         await self._emit(scores, alerts)
+        self._observe_drift(model, silent_ms, features)  # once emitted: a retry counts once
         observe_emitted(scores, window.newest_event, self._clock())
         metrics.SCORES_EMITTED.inc(len(scores))
         started = _observe(stage, "results", started)
@@ -260,7 +272,9 @@ class ScoringPipeline:
         length = self._settings.sequence_length
         tokens = silence_tokens(states, elapsed, self._vocab, length)
         users = [entry.user_id for _, entry, _ in ready]
-        model = await self._score(tokens, silence_item_hashes(states, length), states, elapsed)
+        model, features = await self._score(
+            tokens, silence_item_hashes(states, length), states, elapsed
+        )
         # A refused silent re-score has no events to dead-letter: it is dropped, and the
         # user is due again at the next level of silence.
         # (`rejected` is empty when no row was refused.)
@@ -268,10 +282,12 @@ class ScoringPipeline:
         if len(keep) < len(users):
             ready, users, states, elapsed = _rows(keep, ready, users, states, elapsed)
             model = model.rows(keep)
+            features = None if features is None else features[keep]
             if not users:
                 return
         states, scores, alerts = self._results(users, states, model, elapsed)
         await self._emit(scores, alerts)
+        self._observe_drift(model, elapsed, features)
         observe_emitted(scores, {}, self._clock())
         for (partition, _, _), user, state in zip(ready, users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), partition)
@@ -291,15 +307,33 @@ class ScoringPipeline:
         item_hashes: npt.NDArray[np.int64],
         states: list[UserState],
         silent_ms: list[int],
-    ) -> ModelScores:
+    ) -> tuple[ModelScores, npt.NDArray[np.float32] | None]:
         """Score these users; with their behaviour features at the scoring time (their last
-        event, plus the silence for a silent re-score) when the served model takes them."""
+        event, plus the silence for a silent re-score) when the served model takes them.
+        Returns the scores and the features sent (None when the model takes none)."""
         if not getattr(self._scorer, "takes_features", False):
-            return await self._scorer.score(tokens, item_hashes)
+            return await self._scorer.score(tokens, item_hashes), None
         scorer: FeatureScorer = self._scorer  # type: ignore[assignment]
         at = [state.last_ts_ms + silent for state, silent in zip(states, silent_ms, strict=True)]
         features = stack_features(states, at, self._vocab)
-        return await scorer.score(tokens, item_hashes, features)
+        return await scorer.score(tokens, item_hashes, features), features
+
+    def _observe_drift(
+        self,
+        model: ModelScores,
+        silent_ms: list[int],
+        features: npt.NDArray[np.float32] | None,
+    ) -> None:
+        quality.observe(
+            self.drift,
+            model.model_versions,
+            model.churn,
+            model.purchase,
+            model.anomaly,
+            silent_ms,
+            features,
+            self._clock(),
+        )
 
     def _due_silent(
         self, partitions: list[int], window_users: Mapping[str, UserState]

@@ -63,6 +63,7 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer.customers import serving
     from trainer.customers.head import pick_head
     from trainer.data import held_out
+    from trainer.reference import write_reference
     from trainer.thresholds import precision_recall_at, threshold_for_precision
 
     # Measuring on the demo's own users (--heldout-seeds 0) is allowed: nothing is fitted there.
@@ -156,6 +157,7 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
             },
             metrics=metrics,
         )
+        write_reference(folder)  # reference.json: what drift is measured against
         report["written"] = str(folder)
     print(json.dumps(report, indent=2) if args.json else render_head(report))
     return 0
