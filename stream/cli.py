@@ -12,6 +12,7 @@ from stream.settings import (
     ActionsSettings,
     CoreSettings,
     KafkaSettings,
+    OutcomesSettings,
     ReplaySettings,
     Settings,
     StackSettings,
@@ -34,6 +35,7 @@ SETTINGS_OF: dict[str, type[CoreSettings]] = {
     "train": TrainerSettings,
     "model": TrainerSettings,
     "evaluate": TrainerSettings,
+    "outcomes": OutcomesSettings,
     "demo": Settings,
     "bench": Settings,
 }
@@ -165,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         "actions", help="turn churn alerts into retention actions (database, webhook)"
     ).set_defaults(handler=_actions)
     from stream.bench import cli as bench
-    from stream.ops import dlq, replay
+    from stream.ops import dlq, outcomes, replay
     from trainer import cli as trainer_cli  # its handlers import torch lazily, not this
 
     bench.add_parsers(commands)
     dlq.add_parsers(commands)
+    outcomes.add_parsers(commands)
     replay.add_parsers(commands)
     trainer_cli.add_parsers(commands)
     from trainer.customers import cli as customers_cli  # lazy too: scipy/sklearn in handlers

@@ -13,6 +13,7 @@ it needs, so its `--help` lists, and its validation errors name, only the settin
     TrainerSettings   `clickscore train` / `model` / `evaluate`: Kafka, database, Triton,
                       events, trainer
     StackSettings     `clickscore stack` / `db`: Kafka, database, Triton
+    OutcomesSettings  `clickscore outcomes`: database, Triton's model repository, horizons
     Settings          all of them: the demo, the benchmarks and the tests run every part
 """
 
@@ -178,6 +179,27 @@ class EventSettings(CoreSettings):
     )
 
 
+class HorizonSettings(CoreSettings):
+    """How long after a score its outcome is decided: the trainer's labels, and the realised
+    outcomes the worker and `clickscore outcomes` join to alerts and scores."""
+
+    churn_horizon_s: int = Field(
+        3 * 86_400,
+        ge=1,
+        description="Churn label: the user's last event is within this long after a cut-off "
+        "(and at least as long a silence follows; see trainer/data.py); an alerted user who "
+        "sends no event this long after the alert stayed away.",
+    )
+    # Two days, not one: buyers build up over days (repeat views, carts) before they buy, and
+    # a one-day horizon labelled most of that build-up as "no purchase".
+    purchase_horizon_s: int = Field(
+        2 * 86_400,
+        ge=1,
+        description="Purchase label: a purchase within this long after a cut-off (or a "
+        "served purchase-intent score).",
+    )
+
+
 class MetricsSettings(CoreSettings):
     """Where a service's Prometheus endpoint binds (each service has its own port field)."""
 
@@ -185,7 +207,7 @@ class MetricsSettings(CoreSettings):
 
 
 class WorkerSettings(
-    KafkaSettings, DatabaseSettings, TritonSettings, EventSettings, MetricsSettings
+    KafkaSettings, DatabaseSettings, TritonSettings, EventSettings, MetricsSettings, HorizonSettings
 ):
     """`clickscore worker`."""
 
@@ -357,22 +379,11 @@ class ActionsSettings(KafkaSettings, DatabaseSettings, MetricsSettings):
     )
 
 
-class TrainerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSettings):
+class TrainerSettings(
+    KafkaSettings, DatabaseSettings, TritonSettings, EventSettings, HorizonSettings
+):
     """`clickscore train`, `clickscore model` and `clickscore evaluate`."""
 
-    churn_horizon_s: int = Field(
-        3 * 86_400,
-        ge=1,
-        description="Churn label: the user's last event is within this long after a cut-off "
-        "(and at least as long a silence follows; see trainer/data.py).",
-    )
-    # Two days, not one: buyers build up over days (repeat views, carts) before they buy, and
-    # a one-day horizon labelled most of that build-up as "no purchase".
-    purchase_horizon_s: int = Field(
-        2 * 86_400,
-        ge=1,
-        description="Purchase label: a purchase within this long after a cut-off.",
-    )
     promotion_metric: str = Field(
         "mean_roc_auc",
         description="Held-out metric the promotion gate compares (higher is better).",
@@ -402,6 +413,24 @@ class TrainerSettings(KafkaSettings, DatabaseSettings, TritonSettings, EventSett
     )
 
 
+class OutcomesSettings(DatabaseSettings, TritonSettings, MetricsSettings, HorizonSettings):
+    """`clickscore outcomes`: closes the outcomes of alerts and scores, computes the daily
+    realised figures and serves them to Prometheus (stream/ops/outcomes.py)."""
+
+    outcomes_metrics_port: int = Field(
+        9110, ge=0, description="Prometheus /metrics port of `clickscore outcomes`; 0 disables."
+    )
+    outcomes_window_days: int = Field(
+        7, ge=1, description="Days of alerts (and scores) the realised-quality gauges cover."
+    )
+    outcomes_min_known: int = Field(
+        20,
+        ge=1,
+        description="Known outcomes a version needs in that window before its realised "
+        "precision is exported.",
+    )
+
+
 class ReplaySettings(KafkaSettings, EventSettings):
     """`clickscore replay`, `generate` and `dlq`: send events to the events topic."""
 
@@ -410,7 +439,14 @@ class StackSettings(KafkaSettings, DatabaseSettings, TritonSettings):
     """`clickscore stack` and `clickscore db`: the local services and the schema."""
 
 
-class Settings(WorkerSettings, ActionsSettings, TrainerSettings, StackSettings, ReplaySettings):
+class Settings(
+    WorkerSettings,
+    ActionsSettings,
+    TrainerSettings,
+    StackSettings,
+    ReplaySettings,
+    OutcomesSettings,
+):
     """Every setting: for the demo, the benchmarks and the tests, which run every part."""
 
     def for_run(self, run: str, **changes: object) -> Settings:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, MetaData, String, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -100,3 +111,78 @@ class RetentionAction(Base):
     last_error: Mapped[str | None] = mapped_column(String(512), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ChurnOutcome(Base):
+    """A churn alert's outcome, keyed like the alert it belongs to: (user_id, alert_at) is
+    the alerts row's (user_id, event_at) of kind churn. `returned`: the user's first event
+    after the alert came within the churn horizon (written by the worker when it sees that
+    event); `stayed_away`: none came (written by `clickscore outcomes` once event time passed
+    alert + horizon, or by the worker when the first event came later than that)."""
+
+    __tablename__ = "churn_outcomes"
+
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    alert_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # returned | stayed_away
+    known_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # in event time
+    returned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # worker | job
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
+
+
+class PurchasePrediction(Base):
+    """A served purchase-intent score and its outcome: each user's first score of each UTC
+    day (of event time) on which they had events, and the first purchase within the purchase
+    horizon after it (NULL: none yet)."""
+
+    __tablename__ = "purchase_predictions"
+
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    purchase_intent: Mapped[float] = mapped_column(Float)
+    purchased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ChurnQualityDaily(Base):
+    """Realised churn alert quality per model version, day and group (`clickscore
+    outcomes`). Precision counts the alerts raised that day (their outcomes known so far);
+    recall the users whose last event was that day and who stayed away a horizon since.
+    Treated: alerts that got a retention action, whose success makes a churner look like a
+    false alarm, kept apart."""
+
+    __tablename__ = "churn_quality_daily"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    treated: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    alerts: Mapped[int] = mapped_column(Integer)
+    known: Mapped[int] = mapped_column(Integer)
+    stayed_away: Mapped[int] = mapped_column(Integer)
+    returned: Mapped[int] = mapped_column(Integer)
+    precision: Mapped[float | None] = mapped_column(Float, nullable=True)
+    churners: Mapped[int] = mapped_column(Integer)
+    caught: Mapped[int] = mapped_column(Integer)
+    recall: Mapped[float | None] = mapped_column(Float, nullable=True)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PurchaseCalibrationDaily(Base):
+    """Realised purchase rate per model version, day and score decile (0: scores below 0.1,
+    ..., 9: 0.9 and above), over predictions whose outcome is known, treated users apart."""
+
+    __tablename__ = "purchase_calibration_daily"
+
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    treated: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    decile: Mapped[int] = mapped_column(Integer, primary_key=True)
+    predictions: Mapped[int] = mapped_column(Integer)
+    purchases: Mapped[int] = mapped_column(Integer)
+    mean_score: Mapped[float] = mapped_column(Float)
+    purchase_rate: Mapped[float] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -11,6 +11,7 @@ from stream import logs
 from stream.faust_ext import StopAwareWorker
 from stream.settings import WorkerSettings
 from stream.sinks.kafka import KafkaPublisher
+from stream.sinks.outcomes import OutcomeWriter
 from stream.sinks.postgres import ResultStore
 from stream.worker import metrics, preflight
 from stream.worker.agents import register_agents
@@ -32,7 +33,10 @@ def build_worker(
     publisher = KafkaPublisher(
         app.producer, settings, stop=stop, max_request_bytes=app.conf.producer_max_request_size
     )
-    pipeline = ScoringPipeline(settings, table, scorer, store, publisher, health=health, stop=stop)
+    outcomes = OutcomeWriter(store, settings, stop=stop)
+    pipeline = ScoringPipeline(
+        settings, table, scorer, store, publisher, health=health, stop=stop, outcomes=outcomes
+    )
     table.on_assignment(pipeline.silent_index)
     started = False
 

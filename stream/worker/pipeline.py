@@ -44,6 +44,7 @@ from stream.scoring.idle import (
     silence_item_hashes,
     silence_tokens,
 )
+from stream.scoring.outcomes import WindowOutcomes, window_outcomes
 from stream.scoring.pseudonym import Pseudonymiser
 from stream.scoring.rebuild import IndexRebuilder
 from stream.scoring.scores import EVENT, SILENCE, Score
@@ -87,6 +88,10 @@ class FeatureScorer(Scorer, Protocol):
 
 class ResultSink(Protocol):
     async def write(self, scores: Sequence[Score], alerts: Sequence[Alert]) -> None: ...
+
+
+class OutcomeSink(Protocol):
+    async def write(self, outcomes: WindowOutcomes) -> None: ...
 
 
 def validation_limits(settings: WorkerSettings) -> ValidationLimits:
@@ -146,6 +151,7 @@ class ScoringPipeline:
         health: Health | None = None,
         stop: asyncio.Event | None = None,
         reference_of: Callable[[str], Reference | None] | None = None,
+        outcomes: OutcomeSink | None = None,
     ) -> None:
         self._health = health or Health()
         self._stop = stop
@@ -153,6 +159,7 @@ class ScoringPipeline:
         self._table = table
         self._scorer = scorer
         self._store = store
+        self._outcomes = outcomes  # churn and purchase outcomes (stream/scoring/outcomes.py)
         self._publisher = publisher
         self._vocab = vocab or Vocabulary()
         self._rules = AlertRules.from_settings(settings)
@@ -248,7 +255,14 @@ class ScoringPipeline:
             if not users:
                 return
         states, scores, alerts = self._results(users, states, model, silent_ms)
-        await self._emit(scores, alerts)
+        outcomes = window_outcomes(
+            window.returns,
+            window.purchases,
+            window.before_ms,
+            scores,
+            self._settings.churn_horizon_s * 1000,
+        )
+        await self._emit(scores, alerts, outcomes)
         self._observe_drift(model, silent_ms, features)  # once emitted: a retry counts once
         observe_emitted(scores, window.newest_event, self._clock())
         metrics.SCORES_EMITTED.inc(len(scores))
@@ -292,14 +306,20 @@ class ScoringPipeline:
         for (partition, _, _), user, state in zip(ready, users, states, strict=True):
             self._table.put(user.encode(), state.to_bytes(), partition)
 
-    async def _emit(self, scores: list[Score], alerts: list[Alert]) -> None:
-        """Scores and alerts to Kafka and PostgreSQL together, pseudonymised if configured."""
+    async def _emit(
+        self, scores: list[Score], alerts: list[Alert], outcomes: WindowOutcomes | None = None
+    ) -> None:
+        """Scores and alerts to Kafka and PostgreSQL together, with the window's outcomes,
+        pseudonymised if configured."""
         if self._pseudonymiser is not None:
             scores = self._pseudonymiser.scores(scores)
             alerts = self._pseudonymiser.alerts(alerts)
-        await asyncio.gather(
-            self._publisher.results(scores, alerts), self._store.write(scores, alerts)
-        )
+            if outcomes:
+                outcomes = outcomes.with_users(self._pseudonymiser.user)
+        writes = [self._publisher.results(scores, alerts), self._store.write(scores, alerts)]
+        if outcomes and self._outcomes is not None:
+            writes.append(self._outcomes.write(outcomes))
+        await asyncio.gather(*writes)
 
     async def _score(
         self,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from stream.contract.events import Event, Rejection, ValidationLimits, is_batch, parse_message
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
+from stream.scoring.outcomes import came_back
 
 KEY_MISMATCH = "key_mismatch"  # the message key is not the event's user_id
 NULL_VALUE = "null_value"  # a message without a value (a Kafka tombstone)
@@ -61,6 +62,12 @@ class Window:
     # Each user's valid messages of this window: dead-lettered together if the model
     # refuses their request.
     messages: dict[str, list[Message]] = field(default_factory=dict)
+    # For outcomes (stream/scoring/outcomes.py): each user's newest event time before this
+    # window (0 for none), their first event after a churn alert as (alert, event) times,
+    # and their purchases' times.
+    before_ms: dict[str, int] = field(default_factory=dict)
+    returns: dict[str, tuple[int, int]] = field(default_factory=dict)
+    purchases: dict[str, list[int]] = field(default_factory=dict)
     events: int = 0
     duplicates: int = 0
     replayed: int = 0  # skipped: at or below the offset the user's state already applied
@@ -115,6 +122,7 @@ def _fold_message(
         state = window.states.get(user)
         if state is None:
             state = load_state(user, message.partition)
+            window.before_ms.setdefault(user, 0 if state is None else state.last_ts_ms)
         if user not in replayed:
             replayed[user] = state is not None and state.has_applied(
                 message.partition, message.offset
@@ -127,6 +135,11 @@ def _fold_message(
             window.states[user] = state
             window.replayed += 1
             continue
+        alert_ms, last_ms, bought = (
+            (0, 0, 0)
+            if state is None
+            else (state.last_churn_alert_ms, state.last_ts_ms, state.purchase_count)
+        )
         state, changed = apply_event(state, parsed, vocab, max_len)
         window.states[user] = state
         window.events += 1
@@ -134,6 +147,10 @@ def _fold_message(
             newest = window.newest_event.get(user)
             if newest is None or parsed.ts_ms >= newest.ts_ms:
                 window.newest_event[user] = parsed
+            if came_back(alert_ms, last_ms, parsed.ts_ms) and user not in window.returns:
+                window.returns[user] = (alert_ms, parsed.ts_ms)
+            if state.purchase_count > bought:  # a purchase, by the state's own reading
+                window.purchases.setdefault(user, []).append(parsed.ts_ms)
         else:
             window.duplicates += 1
     for user, was_applied in replayed.items():

@@ -17,7 +17,13 @@ from stream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"user_scores", "alerts", "model_versions", "retention_actions"}
+OUTCOME_TABLES = {
+    "churn_outcomes",
+    "purchase_predictions",
+    "churn_quality_daily",
+    "purchase_calibration_daily",
+}
+TABLES = {"user_scores", "alerts", "model_versions", "retention_actions", *OUTCOME_TABLES}
 
 
 async def _inspect(settings: Settings) -> tuple[set[str], list[object]]:
@@ -95,3 +101,14 @@ async def test_0004_trigger_columns_default_rows_to_event_and_go_back_down(
     await asyncio.to_thread(migrate.downgrade, settings, "0003")
     assert await _score_columns(settings) == before
     assert await asyncio.to_thread(migrate.current, settings) == "0003"
+
+
+async def test_0005_outcome_tables_come_and_go_with_their_revision(settings: Settings) -> None:
+    await asyncio.to_thread(migrate.upgrade, settings)
+    tables, _ = await _inspect(settings)
+    assert tables >= OUTCOME_TABLES
+    await asyncio.to_thread(migrate.downgrade, settings, "0004")
+    tables, _ = await _inspect(settings)
+    assert not OUTCOME_TABLES & tables
+    assert {"user_scores", "alerts", "retention_actions"} <= tables
+    assert await asyncio.to_thread(migrate.current, settings) == "0004"

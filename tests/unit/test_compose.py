@@ -53,6 +53,7 @@ def test_the_production_services_are_all_there() -> None:
         "triton",
         "worker",
         "actions",
+        "outcomes",
         "trainer",
         "prometheus",
         "grafana",
@@ -167,10 +168,11 @@ def test_prometheus_scrapes_the_workers_actions_and_triton_on_their_metrics_port
     assert _scrape_targets() == {
         "clickscore-worker": [("worker", defaults.metrics_port)],
         "clickscore-actions": [("actions", defaults.actions_metrics_port)],
+        "clickscore-outcomes": [("outcomes", defaults.outcomes_metrics_port)],
         "triton": [("triton", defaults.triton_metrics_port)],
     }
-    # The worker and actions bind their metrics endpoint to every interface in the container.
-    for name in ("worker", "actions"):
+    # The services bind their metrics endpoint to every interface in the container.
+    for name in ("worker", "actions", "outcomes"):
         assert _environment(SERVICES[name])["CLICKSCORE_METRICS_HOST"] == "0.0.0.0"
     prometheus = SERVICES["prometheus"]
     assert _mounts(prometheus)["/etc/prometheus"] == "./deploy/prometheus"

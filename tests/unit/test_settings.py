@@ -100,11 +100,18 @@ def test_every_command_chose_its_settings() -> None:
 def test_the_groups_cover_every_setting_once() -> None:
     from stream.settings import (
         ActionsSettings,
+        OutcomesSettings,
         StackSettings,
         TrainerSettings,
         WorkerSettings,
     )
 
-    deployables = (WorkerSettings, ActionsSettings, TrainerSettings, StackSettings)
+    deployables = (
+        WorkerSettings,
+        ActionsSettings,
+        TrainerSettings,
+        StackSettings,
+        OutcomesSettings,
+    )
     covered = set().union(*(set(cls.model_fields) for cls in deployables))
     assert covered == set(Settings.model_fields)
