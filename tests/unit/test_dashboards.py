@@ -15,7 +15,9 @@ from prometheus_client import REGISTRY
 
 # Imported for their side effect: each registers its metrics in prometheus_client's registry.
 import stream.ops.action_metrics
-import stream.worker.metrics  # noqa: F401
+import stream.ops.outcome_metrics
+import stream.worker.metrics
+import stream.worker.quality  # noqa: F401
 from stream.settings import PROJECT_ROOT
 from tests.support import dashboards
 
@@ -110,6 +112,12 @@ def test_the_dashboard_shows_what_the_people_on_call_need() -> None:
         "clickscore_actions_recorded_total",  # retention actions
         "clickscore_silent_rescore_delay_seconds_bucket",  # silent users: due -> re-scored
         "clickscore_silent_rescores_due",  # silent users: due, not re-scored yet
+        "clickscore_churn_precision_realised",  # served quality: realised precision
+        "clickscore_churn_precision_validation",  # ... against what the version promised
+        "clickscore_churn_recall_realised",  # ... recall
+        "clickscore_purchase_calibration_rate",  # ... calibration per decile
+        "clickscore_score_psi",  # drift of each served score
+        "clickscore_feature_psi",  # drift of the features
     } <= used
     exprs = "\n".join(dashboards.dashboard_exprs())
     assert "histogram_quantile(" in exprs
@@ -146,6 +154,9 @@ ALERTS = {
     "ClickscoreWorkerDown",
     "ClickscoreNoScores",
     "ClickscoreWorkerUnhealthy",
+    "ClickscoreScoreDrift",
+    "ClickscoreChurnPrecisionBelowPromise",
+    "ClickscoreOutcomesStalled",
 }
 
 
@@ -155,7 +166,7 @@ def test_the_alert_rules_are_complete_and_documented() -> None:
     readme = (PROJECT_ROOT / "README.md").read_text()
     operating = readme.split("## Operating it", 1)[1].split("\n## ", 1)[0]
     for rule in rules:
-        assert rule["expr"].strip() and re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        assert rule["expr"].strip() and re.fullmatch(r"\d+[smhd]", rule["for"]), rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
         assert f"`{rule['alert']}`" in operating, f"README does not say what {rule['alert']} means"
@@ -169,6 +180,11 @@ def test_the_alert_rules_are_complete_and_documented() -> None:
         ("ClickscoreWorkerDown", "up"),
         ("ClickscoreNoScores", "clickscore_scores_emitted_total"),
         ("ClickscoreWorkerUnhealthy", "clickscore_healthy"),
+        ("ClickscoreScoreDrift", "clickscore_score_psi"),
+        ("ClickscoreChurnPrecisionBelowPromise", "clickscore_churn_precision_realised"),
+        ("ClickscoreChurnPrecisionBelowPromise", "clickscore_churn_precision_validation_interval"),
+        ("ClickscoreOutcomesStalled", "clickscore_outcomes_last_recorded_timestamp_seconds"),
+        ("ClickscoreOutcomesStalled", "clickscore_alerts_total"),
     ],
 )
 def test_each_rule_reads_its_signal(alert: str, metric: str) -> None:
@@ -285,6 +301,88 @@ def test_the_silent_user_panels_read_the_delay_and_the_due_count(tmp_path: Path)
         ],
     }
     path = tmp_path / "silent-panels.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    done = _promtool_run("test", "rules", path.name, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+QUALITY_PANELS = (
+    "Churn alert precision: realised and promised",
+    "Churn alert recall and outcomes known",
+    "Purchase calibration by score decile",
+    "Score drift (PSI)",
+    "Feature drift (PSI), top 5",
+)
+
+
+def test_the_served_quality_panels_read_the_realised_figures_and_the_drift(
+    tmp_path: Path,
+) -> None:
+    """promtool evaluates every query of the Served quality row on series as the outcomes
+    job and two workers export them: realised 0.50 against a promise of 0.60 +- 0.07, drift
+    0.30 on one worker and 0.10 on the other (the panel shows the higher), six features of
+    which the panel keeps the five that moved most."""
+    panels = {p["title"]: p for p in dashboards.dashboard_panels()}
+    outcomes = 'job="clickscore-outcomes",instance="o"'
+    series = [
+        (f'clickscore_churn_precision_realised{{{outcomes},version="6",group="untreated"}}', "0.5"),
+        (f'clickscore_churn_precision_realised{{{outcomes},version="6",group="treated"}}', "0.3"),
+        (f'clickscore_churn_precision_validation{{{outcomes},version="6"}}', "0.6"),
+        (f'clickscore_churn_precision_validation_interval{{{outcomes},version="6"}}', "0.07"),
+        (f'clickscore_churn_recall_realised{{{outcomes},version="6"}}', "0.4"),
+        (f'clickscore_churn_outcomes_known{{{outcomes},version="6",group="untreated"}}', "30"),
+        (f'clickscore_churn_outcomes_known{{{outcomes},version="6",group="treated"}}', "4"),
+        (f'clickscore_purchase_calibration_rate{{{outcomes},version="6",decile="9"}}', "0.8"),
+        (f'clickscore_purchase_calibration_score{{{outcomes},version="6",decile="9"}}', "0.92"),
+        ('clickscore_score_psi{instance="a",version="6",score="churn_risk"}', "0.3"),
+        ('clickscore_score_psi{instance="b",version="6",score="churn_risk"}', "0.1"),
+    ]
+    features = ("log_events", "log_spend", "has_purchased", "log_events_1d", "log_carts_1d")
+    for value, name in enumerate(("view_share_kept", *features)):
+        series.append(
+            (f'clickscore_feature_psi{{instance="a",version="6",feature="{name}"}}', f"0.0{value}")
+        )
+    expected: dict[tuple[str, str], list[tuple[str, float]]] = {
+        (QUALITY_PANELS[0], "A"): [('{version="6"}', 0.5)],
+        (QUALITY_PANELS[0], "B"): [('{version="6"}', 0.6)],
+        (QUALITY_PANELS[0], "C"): [('{version="6"}', 0.53)],
+        (QUALITY_PANELS[0], "D"): [('{version="6"}', 0.3)],
+        (QUALITY_PANELS[1], "A"): [('{version="6"}', 0.4)],
+        (QUALITY_PANELS[1], "B"): [
+            ('{group="treated", version="6"}', 4.0),
+            ('{group="untreated", version="6"}', 30.0),
+        ],
+        (QUALITY_PANELS[2], "A"): [('{decile="9", version="6"}', 0.8)],
+        (QUALITY_PANELS[2], "B"): [('{decile="9", version="6"}', 0.92)],
+        (QUALITY_PANELS[3], "A"): [('{score="churn_risk", version="6"}', 0.3)],
+        (QUALITY_PANELS[4], "A"): [
+            (f'{{feature="{name}", version="6"}}', (n + 1) / 100) for n, name in enumerate(features)
+        ],
+    }
+    queries = {
+        (title, t["refId"]): t["expr"] for title in QUALITY_PANELS for t in panels[title]["targets"]
+    }
+    assert set(queries) == set(expected)
+    tests = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": f"{v}x10"} for s, v in series],
+                "promql_expr_test": [
+                    {
+                        "expr": queries[key],
+                        "eval_time": "5m",
+                        "exp_samples": [
+                            {"labels": labels, "value": value} for labels, value in samples
+                        ],
+                    }
+                    for key, samples in expected.items()
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "quality-panels.test.yml"
     path.write_text(yaml.safe_dump(tests))
     done = _promtool_run("test", "rules", path.name, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
