@@ -9,7 +9,7 @@ Churn. An alert at event time A says the user stops. The outcome is the training
     stayed_away   no event within the horizon: a true churner
 
 The worker sees the first event after A (the state remembers A as last_churn_alert_ms, and
-no event after it yet as last_ts_ms <= A), so it writes `returned` exactly, with its time, and
+no event after it yet as last_ts_ms <= A: `awaits_return`), so it writes `returned` exactly, with its time, and
 `stayed_away` when that first event comes later than the horizon. A user who never comes
 back sends nothing to decide on: `clickscore outcomes` closes those once event time passes
 A + horizon. Both are keyed by (user, A), so replays and the two writers agree.
@@ -41,10 +41,10 @@ class ChurnOutcome:
     returned_ms: int | None  # the first event after the alert, if one came
 
 
-def came_back(alert_ms: int, last_before_ms: int, event_ms: int) -> bool:
-    """Whether an event at event_ms is the user's first after their churn alert at alert_ms,
-    their newest event before it being at last_before_ms."""
-    return alert_ms > 0 and last_before_ms <= alert_ms < event_ms
+def awaits_return(alert_ms: int, last_ms: int) -> bool:
+    """Whether a user whose newest event is at last_ms has not come back since their churn
+    alert at alert_ms (0: never alerted): their first event after alert_ms decides it."""
+    return alert_ms > 0 and last_ms <= alert_ms
 
 
 def churn_outcome(
@@ -105,14 +105,18 @@ def window_outcomes(
 ) -> WindowOutcomes:
     """From a window's notes (the first event after a churn alert per user, purchases, and
     each user's newest event before the window) and its event-triggered scores."""
-    scored = {s.user_id for s in scores}
-    predictions = [
-        Prediction(s.user_id, s.last_event_ts_ms, s.model_version, s.purchase_intent)
-        for s in scores
-        if s.trigger == EVENT
-        and math.isfinite(s.purchase_intent)
-        and new_day(before_ms.get(s.user_id, 0), s.last_event_ts_ms)
-    ]
+    scored = set()
+    predictions = []
+    for s in scores:
+        scored.add(s.user_id)
+        if (
+            s.trigger == EVENT
+            and new_day(before_ms.get(s.user_id, 0), s.last_event_ts_ms)
+            and math.isfinite(s.purchase_intent)
+        ):
+            predictions.append(
+                Prediction(s.user_id, s.last_event_ts_ms, s.model_version, s.purchase_intent)
+            )
     return WindowOutcomes(
         churn=[
             churn_outcome(user, alert_ms, first_ms, churn_horizon_ms)

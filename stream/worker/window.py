@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from stream.contract.events import Event, Rejection, ValidationLimits, is_batch, parse_message
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
-from stream.scoring.outcomes import came_back
+from stream.scoring.outcomes import awaits_return
 
 KEY_MISMATCH = "key_mismatch"  # the message key is not the event's user_id
 NULL_VALUE = "null_value"  # a message without a value (a Kafka tombstone)
@@ -63,9 +63,10 @@ class Window:
     # refuses their request.
     messages: dict[str, list[Message]] = field(default_factory=dict)
     # For outcomes (stream/scoring/outcomes.py): each user's newest event time before this
-    # window (0 for none), their first event after a churn alert as (alert, event) times,
-    # and their purchases' times.
+    # window (0 for none), the churn alert time of those who have not come back since it,
+    # their first event after it as (alert, event) times, and purchases' times.
     before_ms: dict[str, int] = field(default_factory=dict)
+    awaiting: dict[str, int] = field(default_factory=dict)
     returns: dict[str, tuple[int, int]] = field(default_factory=dict)
     purchases: dict[str, list[int]] = field(default_factory=dict)
     events: int = 0
@@ -122,7 +123,9 @@ def _fold_message(
         state = window.states.get(user)
         if state is None:
             state = load_state(user, message.partition)
-            window.before_ms.setdefault(user, 0 if state is None else state.last_ts_ms)
+            window.before_ms[user] = 0 if state is None else state.last_ts_ms
+            if state is not None and awaits_return(state.last_churn_alert_ms, state.last_ts_ms):
+                window.awaiting[user] = state.last_churn_alert_ms
         if user not in replayed:
             replayed[user] = state is not None and state.has_applied(
                 message.partition, message.offset
@@ -135,11 +138,7 @@ def _fold_message(
             window.states[user] = state
             window.replayed += 1
             continue
-        alert_ms, last_ms, bought = (
-            (0, 0, 0)
-            if state is None
-            else (state.last_churn_alert_ms, state.last_ts_ms, state.purchase_count)
-        )
+        bought = 0 if state is None else state.purchase_count
         state, changed = apply_event(state, parsed, vocab, max_len)
         window.states[user] = state
         window.events += 1
@@ -147,8 +146,9 @@ def _fold_message(
             newest = window.newest_event.get(user)
             if newest is None or parsed.ts_ms >= newest.ts_ms:
                 window.newest_event[user] = parsed
-            if came_back(alert_ms, last_ms, parsed.ts_ms) and user not in window.returns:
-                window.returns[user] = (alert_ms, parsed.ts_ms)
+            alert_ms = window.awaiting.get(user, 0) if window.awaiting else 0
+            if alert_ms and parsed.ts_ms > alert_ms:  # their first event after the alert
+                window.returns[user] = (window.awaiting.pop(user), parsed.ts_ms)
             if state.purchase_count > bought:  # a purchase, by the state's own reading
                 window.purchases.setdefault(user, []).append(parsed.ts_ms)
         else:

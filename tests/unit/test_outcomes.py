@@ -12,7 +12,7 @@ from stream.scoring.outcomes import (
     RETURNED,
     STAYED_AWAY,
     ChurnOutcome,
-    came_back,
+    awaits_return,
     churn_outcome,
     decile,
     new_day,
@@ -26,11 +26,10 @@ T0 = 1_800_000_000_000
 
 
 def test_the_first_event_after_an_alert_decides_it() -> None:
-    assert came_back(alert_ms=T0, last_before_ms=T0 - DAY_MS, event_ms=T0 + 1)
-    assert came_back(alert_ms=T0, last_before_ms=T0, event_ms=T0 + 1)  # alert at an event
-    assert not came_back(alert_ms=T0, last_before_ms=T0 + 5, event_ms=T0 + 9)  # already back
-    assert not came_back(alert_ms=T0, last_before_ms=T0 - DAY_MS, event_ms=T0)  # not after
-    assert not came_back(alert_ms=0, last_before_ms=0, event_ms=T0)  # never alerted
+    assert awaits_return(alert_ms=T0, last_ms=T0 - DAY_MS)  # a silent alert
+    assert awaits_return(alert_ms=T0, last_ms=T0)  # an alert at an event
+    assert not awaits_return(alert_ms=T0, last_ms=T0 + 5)  # already came back
+    assert not awaits_return(alert_ms=0, last_ms=T0)  # never alerted
     assert churn_outcome("u", T0, T0 + DAY_MS, HORIZON) == ChurnOutcome(
         "u", T0, RETURNED, T0 + DAY_MS, T0 + DAY_MS
     )
