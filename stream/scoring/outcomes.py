@@ -10,9 +10,9 @@ Churn. An alert at event time A says the user stops. The outcome is the training
 
 The worker sees the first event after A (the state remembers A as last_churn_alert_ms, and
 no event after it yet as last_ts_ms <= A: `awaits_return`), so it writes `returned` exactly,
-with its time, and `stayed_away` when that first event comes later than the horizon. A user who never comes
-back sends nothing to decide on: `clickscore outcomes` closes those once event time passes
-A + horizon. Both are keyed by (user, A), so replays and the two writers agree.
+with its time, and `stayed_away` when that first event comes later than the horizon. A user
+who never comes back sends nothing to decide on: `clickscore outcomes` closes those once
+event time passes A + horizon. Both are keyed by (user, A), so replays and the two writers agree.
 
 Purchase intent. Each user's first score on each UTC day (of event time) on which they had
 events is kept as a prediction; its outcome is the first purchase within the purchase horizon
