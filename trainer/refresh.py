@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from stream.settings import TrainerSettings
 from trainer import data, export, promote
 from trainer.model import ModelConfig
 from trainer.nextclick.protocol import train_for_serving
+from trainer.outcome_labels import OutcomeLabel, read_outcome_labels, relabel
 from trainer.reference import validation_reference, write_reference
 from trainer.thresholds import threshold_for_precision
 from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
@@ -54,6 +56,8 @@ class Split:
     validation_tokens: npt.NDArray[Any]
     pretrain: npt.NDArray[Any]
     anomalous: set[str]
+    # Served alerts' outcomes applied to the churn labels (trainer/outcome_labels.py).
+    outcome_labels: dict[str, int] = field(default_factory=dict)
 
 
 def read_topic(settings: TrainerSettings, limit: int) -> list[Event]:
@@ -130,10 +134,28 @@ def split(
     events: list[Event],
     anomalies: dict[str, tuple[str, int] | None],
     seed: int,
+    outcomes: Sequence[OutcomeLabel] = (),
 ) -> Split:
     vocab = Vocabulary()
     by_user = data.group_by_user(events)
     examples = data.build_examples(by_user, vocab, spec_of(settings, seed))
+    feedback: dict[str, int] = {}
+    if outcomes:
+        done = relabel(
+            examples.user_ids,
+            examples.cutoff_ms,
+            examples.churn,
+            outcomes,
+            settings.churn_horizon_s * 1000,
+        )
+        examples.churn = done.churn
+        examples = examples.subset(done.keep)
+        feedback = {
+            "outcomes": len(outcomes),
+            "matched": done.matched,
+            "changed": done.changed,
+            "dropped_treated": done.dropped,
+        }
     test_users = {u for u in by_user if data.held_out(u, TEST_FRACTION, seed)}
     val_users = {
         u
@@ -152,6 +174,7 @@ def split(
         validation_tokens=examples.tokens[normal_val if normal_val.any() else ~in_test],
         pretrain=data.unlabelled_sequences(train_users, vocab, settings.sequence_length, seed=seed),
         anomalous=anomalous,
+        outcome_labels=feedback,
     )
 
 
@@ -169,7 +192,9 @@ def train_candidate(
     settings: TrainerSettings, args: TrainArgs, on_step: StepCallback | None = None
 ) -> tuple[Path, data.Examples]:
     events, anomalies, description = load_events(settings, args)
-    parts = split(settings, events, anomalies, args.seed)
+    # Live history: the served alerts' recorded outcomes relabel their examples.
+    outcomes = read_outcome_labels(settings) if args.data == "topic" else []
+    parts = split(settings, events, anomalies, args.seed, outcomes)
     log.info("%d train / %d test examples", len(parts.train), len(parts.test))
     model_config, train_config = configs(settings, args)
     model = fit(
@@ -193,6 +218,7 @@ def train_candidate(
         "train_config": train_config.__dict__,
         "churn_horizon_s": settings.churn_horizon_s,
         "purchase_horizon_s": settings.purchase_horizon_s,
+        "outcome_labels": parts.outcome_labels,
     }
     thresholds = alert_thresholds(settings, model, parts.validation)
     export.export(

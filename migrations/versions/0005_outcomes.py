@@ -8,7 +8,7 @@ recomputed by `clickscore outcomes` on every run.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-20
+Create Date: 2026-12-06
 """
 
 from __future__ import annotations
