@@ -26,7 +26,7 @@ CHURN_KNOWN = Gauge(
 CHURN_RECALL = Gauge(
     "clickscore_churn_recall_realised",
     "Users who stopped (no event for a horizon since their last) and had a churn alert at or "
-    "after their last event, of all who stopped, over the window's days (untreated).",
+    "after their last event, of all who stopped, over the window's days (both groups).",
     ["version"],
 )
 VALIDATION_PRECISION = Gauge(

@@ -8,8 +8,9 @@ Definitions (docs/monitoring.md):
   action recorded for them, `clickscore actions`) are counted apart;
 - a churner is a user whose newest event (user_scores.last_event_at) is a horizon or more
   before now; they were caught if a churn alert came at or after that event; recall of a day =
-  caught / churners whose last event was that day (caught by a treated alert: the treated
-  group, whose recall is not reported); every user counts, as in the version's validation;
+  caught / churners whose last event was that day, split by whether the alert that caught
+  them was treated (the gauge adds both groups); every user counts, as in the version's
+  validation;
 - a purchase-intent prediction is decided once a purchase came within the horizon or the
   horizon has passed; calibration = purchases / predictions per score decile.
 """
@@ -70,7 +71,7 @@ CHURN_DAILY = text(
         coalesce(p.stayed_away, 0), coalesce(p.returned, 0),
         CASE WHEN p.known > 0 THEN p.stayed_away::float / p.known END,
         coalesce(r.churners, 0), coalesce(r.caught, 0),
-        CASE WHEN r.churners > 0 AND NOT r.treated THEN r.caught::float / r.churners END,
+        CASE WHEN r.churners > 0 THEN r.caught::float / r.churners END,
         now()
     FROM by_alert_day p
     FULL OUTER JOIN by_last_day r

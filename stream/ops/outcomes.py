@@ -57,11 +57,10 @@ class Run:
         lines = [f"outcomes at event time {self.now:%Y-%m-%d %H:%M}: closed {self.closed} alerts"]
         for row in self.churn:
             precision = _ratio(row["stayed_away"], row["known"])
-            recall = _ratio(row["caught"], row["churners"])
             lines.append(
                 f"  v{row['model_version']} {GROUPS[row['treated']]}: precision "
-                f"{precision:.2f} of {row['known']} known, recall {recall:.2f} of "
-                f"{row['churners']} who stopped"
+                f"{precision:.2f} of {row['known']} known; {row['caught']} of "
+                f"{row['churners']} who stopped were alerted"
             )
         return "\n".join(lines)
 
@@ -121,8 +120,15 @@ async def _read_gauges(conn: AsyncConnection, settings: OutcomesSettings, run: R
             gauges.CHURN_PRECISION.labels(version, group).set(
                 _ratio(row["stayed_away"], row["known"])
             )
-        if not row["treated"] and row["churners"] >= settings.outcomes_min_known:
-            gauges.CHURN_RECALL.labels(version).set(_ratio(row["caught"], row["churners"]))
+    # Recall counts both groups: a churner whose alert was treated still stopped (one the
+    # action saved is no churner), and never-alerted churners are untreated by definition.
+    stopped: dict[str, list[int]] = {}
+    for row in run.churn:
+        caught, churners = stopped.setdefault(row["model_version"], [0, 0])
+        stopped[row["model_version"]] = [caught + row["caught"], churners + row["churners"]]
+    for version, (caught, churners) in stopped.items():
+        if churners >= settings.outcomes_min_known:
+            gauges.CHURN_RECALL.labels(version).set(_ratio(caught, churners))
     for version in {row["model_version"] for row in run.churn}:
         promise = _reference(settings, version)
         if promise is not None and promise.churn is not None:
