@@ -95,6 +95,7 @@ class ReportData:
     model: ModelEvaluation
     notes: Sequence[str] = field(default_factory=tuple)
     flagged: Sequence[FlaggedUser] = field(default_factory=tuple)
+    served_quality: str = ""  # the rendered section of stream/demo/quality.py, if any
 
 
 @dataclass(frozen=True)
@@ -376,6 +377,7 @@ def build_html(data: ReportData, drawn: Sequence[Figure]) -> str:
         f"<h2>Summary</h2>{facts}"
         + "".join(_figure(f) for f in drawn)
         + _accuracy_section(data.accuracy)
+        + data.served_quality
         + _flagged_section(data.flagged)
         + _model_section(data.model)
         + "</body></html>\n"

@@ -9,7 +9,10 @@
    something, under a live view.
 4. Waits until every user is scored, then reports what happened (on synthetic data, against
    the ground truth), in the terminal and as an HTML report under reports/.
-5. Stops everything it started (also on Ctrl-C).
+5. Served quality (quality.py): reads the worker's drift gauges, fast-forwards event time two
+   churn horizons (the replay ends that long before now), runs `clickscore outcomes` once
+   and reports realised precision, recall and calibration.
+6. Stops everything it started (also on Ctrl-C).
 
 Latency here runs from the moment the demo sends an event to the moment its score is in
 Kafka, for event-triggered scores only; silent re-scores get their own figure, from when they
@@ -36,6 +39,7 @@ from stream.console import StepBars
 from stream.contract.events import Event
 from stream.datasets.synthetic import SyntheticConfig, UserTruth, generate
 from stream.db import migrate
+from stream.demo import quality
 from stream.demo.live import LiveView, Snapshot
 from stream.demo.report import (
     BASE_RATE_TEXT,
@@ -52,7 +56,7 @@ from stream.demo.report import (
 from stream.demo.report_data import RunResults, read_results, served_model_evaluation
 from stream.demo.score_times import ScoreTimes
 from stream.ops.progress import wait_for_scores
-from stream.ops.replay import ensure_topic, replay
+from stream.ops.replay import ensure_topic, replay, shifted
 from stream.scoring.alerts import ANOMALY, BURST, CHURN, TAKEOVER
 from stream.settings import Settings
 from stream.stack import local, postgres, process
@@ -187,6 +191,11 @@ def _clickstream(options: DemoOptions) -> tuple[list[Event], dict[str, UserTruth
 
 async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
     events, truth, source = _clickstream(options)
+    # Ending two churn horizons before now leaves room to fast-forward event time past the
+    # horizon of every alert (quality.py) without sending events from the future.
+    if events:
+        end_ms = time.time_ns() // 1_000_000 - 2 * settings.churn_horizon_s * 1000
+        events = shifted(events, end_ms - max(e.ts_ms for e in events))
     expected = Counter(e.user_id for e in events)
     pace = f"{options.rate:,.0f} events/s" if options.rate > 0 else "full speed"
     print(f"replaying {len(events):,} events of {len(expected)} users ({source}) at {pace} ...")
@@ -203,8 +212,11 @@ async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
     note = _capacity_note(run, options)
     if note:
         print(f"\nnote: {note}")
+    served = await _served_quality(settings, alive)
+    print("\nserved quality (realised outcomes after fast-forwarding event time; drift):")
+    print("\n".join(quality.summary_lines(served)))
     try:
-        path = _write_report(settings, options, source, run, results, accuracy, flagged)
+        path = _write_report(settings, options, source, run, results, accuracy, flagged, served)
         print(f"\nreport: {path.resolve()}")
     except ReportUnavailable as exc:
         print(f"\nno HTML report: {exc}")
@@ -241,7 +253,7 @@ async def _replay_live(
 
         started = time.monotonic()
         replaying = asyncio.create_task(
-            replay(settings, events, rate=options.rate, shift_to_now=True, on_batch=on_batch)
+            replay(settings, events, rate=options.rate, shift_to_now=False, on_batch=on_batch)
         )
         paced_s = len(events) / options.rate if options.rate > 0 else 0.0
         try:
@@ -260,6 +272,16 @@ async def _replay_live(
         run.scoring_s = last - started
         run.final = view.snapshot()
     return run
+
+
+async def _served_quality(settings: Settings, alive: Callable[[], bool]) -> quality.ServedQuality:
+    """Drift of the replayed traffic, then realised outcomes after fast-forwarding."""
+    try:
+        psi = quality.read_psi(settings)
+    except OSError:
+        psi = []
+    await quality.fast_forward(settings, alive)
+    return await quality.served_quality(settings, psi)
 
 
 def _accuracy(results: RunResults, truth: dict[str, UserTruth]) -> list[PrecisionRecall]:
@@ -396,6 +418,7 @@ def _write_report(
     results: RunResults,
     accuracy: Sequence[PrecisionRecall],
     flagged: Sequence[FlaggedUser],
+    served: quality.ServedQuality,
 ) -> Path:
     now = datetime.now(UTC)
     notes = []
@@ -419,5 +442,6 @@ def _write_report(
         model=served_model_evaluation(settings.model_repo, settings.triton_model),
         notes=notes,
         flagged=flagged,
+        served_quality=quality.quality_section(served),
     )
     return write_report(data, options.report_root / f"demo-{now:%Y%m%d-%H%M%S}")
