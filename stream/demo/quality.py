@@ -2,23 +2,21 @@
 worth, as an operator sees it (docs/monitoring.md), and how far the replayed traffic drifted
 from the version's reference.
 
-The demo replays its clickstream ending two churn horizons before now (stream/demo/run.py),
-then fast-forwards event time: tick events of users of their own, at every partition, one
-horizon before now and then now. The first moves event time past the replay by a horizon, so
-the worker re-scores every quiet user at the silence levels passed and raises the churn
-alerts silence earns; the second moves it a horizon past those alerts. `clickscore
-outcomes` (run once, in-process) then decides every alert raised up to a horizon before now,
-as it would on a live stream days later. PSI is read from the worker's /metrics before the
-ticks: it describes the replayed traffic.
+`clickscore outcomes` runs once, in-process, after the replay: its clock is the newest event
+time scored, the end of the replayed data, so it decides the alerts raised at least a churn
+horizon before that end, on what the users really did next. The replay is not fast-forwarded
+past its end: every user stops where the data stops, so an alert of the last horizon would
+read as "stayed away" whatever the user would have done (measured: docs/monitoring.md). PSI
+is read from the worker's /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,16 +24,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stream.contract.drift import SIGNIFICANT, STABLE
-from stream.contract.events import Event
 from stream.demo.report import _e, _table
 from stream.ops import outcomes
-from stream.ops.progress import wait_for_scores
-from stream.ops.replay import replay
 from stream.ops.scrape import fetch_text, metrics_url
 from stream.settings import Settings
-
-TICK_USERS = 64  # enough to land on every partition (4 by default; 12 in compose)
-TICK_PREFIX = "~clock-"
 
 
 @dataclass(frozen=True)
@@ -69,44 +61,24 @@ def read_psi(settings: Settings) -> list[Psi]:
     return found
 
 
-async def fast_forward(settings: Settings, alive: Callable[[], bool]) -> None:
-    """Tick events a horizon before now and now, each round scored before the next."""
-    now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    horizon_ms = settings.churn_horizon_s * 1000
-    for n, at_ms in enumerate((now_ms - horizon_ms, now_ms)):
-        ticks = [
-            Event(f"{TICK_PREFIX}{u}-{n}", f"{TICK_PREFIX}{u}", at_ms - u, "view")
-            for u in range(TICK_USERS)
-        ]
-        await replay(settings, ticks, rate=0, shift_to_now=False)
-        # The users the ticks move past a silence level are re-scored in the ticks' windows,
-        # and written to PostgreSQL in the same transaction as the ticks' own scores.
-        expected = {f"{TICK_PREFIX}{u}": n + 1 for u in range(TICK_USERS)}
-        await wait_for_scores(settings, expected, alive=alive, timeout_s=120.0)
-        await _stored(settings, n + 1, alive)
-
-
-async def _stored(settings: Settings, events: int, alive: Callable[[], bool]) -> None:
-    """Until every tick user's PostgreSQL row holds `events` events (the scores topic may
-    have them first: the worker writes Kafka and PostgreSQL together)."""
+async def wait_stored(
+    settings: Settings, expected: Mapping[str, int], alive: Callable[[], bool]
+) -> None:
+    """Until PostgreSQL holds every user's score with all of their events: the scores topic
+    may have them first (the worker writes Kafka and PostgreSQL together), and the outcomes
+    job reads PostgreSQL."""
     engine = create_async_engine(settings.database_url)
     deadline = time.monotonic() + 60.0
     try:
         while True:
             async with engine.connect() as conn:
-                done = (
-                    await conn.execute(
-                        text(
-                            "SELECT count(*) FROM user_scores "
-                            "WHERE starts_with(user_id, :prefix) AND event_count >= :events"
-                        ),
-                        {"prefix": TICK_PREFIX, "events": events},
-                    )
-                ).scalar()
-            if done == TICK_USERS:
+                rows = await conn.execute(text("SELECT user_id, event_count FROM user_scores"))
+                stored = {user: count for user, count in rows}
+            missing = [u for u, n in expected.items() if stored.get(u, 0) < n]
+            if not missing:
                 return
             if not alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"{done} of {TICK_USERS} tick users stored; see the worker log")
+                raise RuntimeError(f"{len(missing)} users' scores not in PostgreSQL; see the log")
             await asyncio.sleep(0.2)
     finally:
         await engine.dispose()
@@ -116,6 +88,13 @@ async def served_quality(settings: Settings, psi: list[Psi]) -> ServedQuality:
     """Run the outcomes job once and read what it decided, all days."""
     run = await outcomes.run_once(settings)
     quality = ServedQuality(psi=psi, event_time=run.now)
+    if run.now is None:
+        return quality
+    # As the gauges do: only days whose outcomes are all decided. A younger alert's return is
+    # known at once but its staying away only a horizon later, so counting it would bias
+    # precision down.
+    churn_until = (run.now - timedelta(seconds=settings.churn_horizon_s)).date()
+    purchase_until = (run.now - timedelta(seconds=settings.purchase_horizon_s)).date()
     engine = create_async_engine(settings.database_url)
     try:
         async with engine.connect() as conn:
@@ -124,8 +103,9 @@ async def served_quality(settings: Settings, psi: list[Psi]) -> ServedQuality:
                     "SELECT model_version, treated, sum(alerts) AS alerts, sum(known) AS known, "
                     "sum(stayed_away) AS stayed_away, sum(returned) AS returned, "
                     "sum(churners) AS churners, sum(caught) AS caught "
-                    "FROM churn_quality_daily GROUP BY 1, 2 ORDER BY 1, 2"
-                )
+                    "FROM churn_quality_daily WHERE day < :until GROUP BY 1, 2 ORDER BY 1, 2"
+                ),
+                {"until": churn_until},
             )
             quality.churn = [dict(r._mapping) for r in churn]
             calibration = await conn.execute(
@@ -133,9 +113,10 @@ async def served_quality(settings: Settings, psi: list[Psi]) -> ServedQuality:
                     "SELECT model_version, decile, sum(predictions) AS predictions, "
                     "sum(purchases) AS purchases, "
                     "sum(mean_score * predictions) / sum(predictions) AS mean_score "
-                    "FROM purchase_calibration_daily WHERE NOT treated GROUP BY 1, 2 "
-                    "ORDER BY 1, 2"
-                )
+                    "FROM purchase_calibration_daily WHERE NOT treated AND day < :until "
+                    "GROUP BY 1, 2 ORDER BY 1, 2"
+                ),
+                {"until": purchase_until},
             )
             quality.calibration = [dict(r._mapping) for r in calibration]
     finally:
@@ -198,10 +179,12 @@ def quality_section(quality: ServedQuality) -> str:
         "<code>clickscore outcomes</code> decides them in production: an alerted user who "
         "sent an event within the churn horizon after the alert came back (a false alarm, or "
         "a saved customer when a retention action was taken); one who sent none stayed away. "
-        "Event time was fast-forwarded two horizons past the replay, so every alert raised up "
-        "to a horizon before the end is decided. Precision = stayed away / decided. Treated: "
+        "Counted are the alerts of the days that ended at least a horizon before the end of "
+        "the replayed data, all decided; later ones wait for data that does not exist. "
+        "Precision = stayed away / decided. "
+        "Treated: "
         "alerts with a retention action (here every one the demo's "
-        "<code>clickscore actions</code> recorded; the synthetic users do not react to "
+        "<code>clickscore actions</code> recorded; the replayed users cannot react to "
         "them, so treated and untreated measure the same alerts).</p>",
     ]
     rows = []

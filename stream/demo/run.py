@@ -9,9 +9,8 @@
    something, under a live view.
 4. Waits until every user is scored, then reports what happened (on synthetic data, against
    the ground truth), in the terminal and as an HTML report under reports/.
-5. Served quality (quality.py): reads the worker's drift gauges, fast-forwards event time two
-   churn horizons (the replay ends that long before now), runs `clickscore outcomes` once
-   and reports realised precision, recall and calibration.
+5. Served quality (quality.py): runs `clickscore outcomes` once and reports realised
+   precision, recall and calibration, and the worker's drift gauges.
 6. Stops everything it started (also on Ctrl-C).
 
 Latency here runs from the moment the demo sends an event to the moment its score is in
@@ -56,7 +55,7 @@ from stream.demo.report import (
 from stream.demo.report_data import RunResults, read_results, served_model_evaluation
 from stream.demo.score_times import ScoreTimes
 from stream.ops.progress import wait_for_scores
-from stream.ops.replay import ensure_topic, replay, shifted
+from stream.ops.replay import ensure_topic, replay
 from stream.scoring.alerts import ANOMALY, BURST, CHURN, TAKEOVER
 from stream.settings import Settings
 from stream.stack import local, postgres, process
@@ -191,11 +190,6 @@ def _clickstream(options: DemoOptions) -> tuple[list[Event], dict[str, UserTruth
 
 async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
     events, truth, source = _clickstream(options)
-    # Ending two churn horizons before now leaves room to fast-forward event time past the
-    # horizon of every alert (quality.py) without sending events from the future.
-    if events:
-        end_ms = time.time_ns() // 1_000_000 - 2 * settings.churn_horizon_s * 1000
-        events = shifted(events, end_ms - max(e.ts_ms for e in events))
     expected = Counter(e.user_id for e in events)
     pace = f"{options.rate:,.0f} events/s" if options.rate > 0 else "full speed"
     print(f"replaying {len(events):,} events of {len(expected)} users ({source}) at {pace} ...")
@@ -205,6 +199,7 @@ async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
         return worker is not None and process.is_alive(worker)
 
     run = await _replay_live(settings, options, events, expected, alive)
+    await quality.wait_stored(settings, expected, alive)
     results = await read_results(settings)
     accuracy = _accuracy(results, truth) if truth is not None else []
     flagged = _with_truth(results.flagged, truth)
@@ -212,8 +207,8 @@ async def _replay_and_report(settings: Settings, options: DemoOptions) -> int:
     note = _capacity_note(run, options)
     if note:
         print(f"\nnote: {note}")
-    served = await _served_quality(settings, alive)
-    print("\nserved quality (realised outcomes after fast-forwarding event time; drift):")
+    served = await _served_quality(settings)
+    print("\nserved quality (realised outcomes of the alerts a horizon before the end; drift):")
     print("\n".join(quality.summary_lines(served)))
     try:
         path = _write_report(settings, options, source, run, results, accuracy, flagged, served)
@@ -253,7 +248,7 @@ async def _replay_live(
 
         started = time.monotonic()
         replaying = asyncio.create_task(
-            replay(settings, events, rate=options.rate, shift_to_now=False, on_batch=on_batch)
+            replay(settings, events, rate=options.rate, shift_to_now=True, on_batch=on_batch)
         )
         paced_s = len(events) / options.rate if options.rate > 0 else 0.0
         try:
@@ -274,13 +269,12 @@ async def _replay_live(
     return run
 
 
-async def _served_quality(settings: Settings, alive: Callable[[], bool]) -> quality.ServedQuality:
-    """Drift of the replayed traffic, then realised outcomes after fast-forwarding."""
+async def _served_quality(settings: Settings) -> quality.ServedQuality:
+    """Drift of the replayed traffic, and the realised outcomes its data decides."""
     try:
         psi = quality.read_psi(settings)
     except OSError:
         psi = []
-    await quality.fast_forward(settings, alive)
     return await quality.served_quality(settings, psi)
 
 
