@@ -175,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     outcomes.add_parsers(commands)
     replay.add_parsers(commands)
     trainer_cli.add_parsers(commands)
-    from trainer.customers import cli as customers_cli  # lazy too: scipy/sklearn in handlers
-    from trainer.nextclick import cli as next_click_cli  # lazy too: torch in its handler
+    from trainer.evaluate import (
+        customers_cli,  # lazy too: scipy/sklearn in handlers
+        next_click_cli,  # lazy too: torch in its handler
+    )
 
     evaluate = commands.add_parser(
         "evaluate", help="held-out metrics of the models against the baselines"

@@ -54,7 +54,8 @@ class StepBars:
         self._progress.update(task, completed=1)
 
     def advance(self, phase: str, done: int, total: int) -> None:
-        """A counted phase (trainer.train.StepCallback): its bar is made on first report."""
+        """A counted phase (trainer.fit.encoder_training.StepCallback): its bar is made on
+        first report."""
         if phase not in self._phases:
             self._phases[phase] = self._progress.add_task(phase, total=total)
         self._progress.update(self._phases[phase], completed=done, total=total)

@@ -187,8 +187,8 @@ class HorizonSettings(CoreSettings):
         3 * 86_400,
         ge=1,
         description="Churn label: the user's last event is within this long after a cut-off "
-        "(and at least as long a silence follows; see trainer/data.py); an alerted user who "
-        "sends no event this long after the alert stayed away.",
+        "(and at least as long a silence follows; see trainer/labels/sequences.py); an alerted "
+        "user who sends no event this long after the alert stayed away.",
     )
     # Two days, not one: buyers build up over days (repeat views, carts) before they buy, and
     # a one-day horizon labelled most of that build-up as "no purchase".
@@ -251,7 +251,7 @@ class WorkerSettings(
     )
     churn_cooldown_s: int = Field(86_400, ge=0, description="Least time between churn alerts.")
     # The trainer calibrates the anomaly score so that only the top 0.1 % of normal traffic
-    # reaches 0.95 (trainer/model.py ALERT_TAIL): a score of 0.95 means "more surprising than
+    # reaches 0.95 (trainer/fit/encoder.py ALERT_TAIL): a score of 0.95 means "more surprising than
     # 999 in 1000 normal states", not "than 95 in 100", which would alert on 5 % of users.
     anomaly_alert_threshold: float = Field(
         0.95, ge=0, le=1, description="Anomaly score that alerts (top 0.1 % of normal traffic)."

@@ -60,11 +60,11 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         "on validation users",
     )
     thresholds.add_argument("--version", type=int, help="default: the served version")
-    from trainer.customers.anomaly_command import add_anomaly_arguments
+    from trainer.anomaly_command import add_anomaly_arguments
 
     add_anomaly_arguments(thresholds)
     thresholds.set_defaults(handler=run_thresholds)
-    from trainer.customers.head_command import add_head_parser
+    from trainer.head_command import add_head_parser
 
     add_head_parser(actions)
     reference = actions.add_parser(
@@ -159,7 +159,7 @@ def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from trainer.refresh import store_thresholds
 
     if getattr(args, "kind", "churn") == "anomaly":
-        from trainer.customers.anomaly_command import run_anomaly_threshold
+        from trainer.anomaly_command import run_anomaly_threshold
 
         return run_anomaly_threshold(settings, args)
     found = promote.version_dir(settings, args.version)

@@ -1,11 +1,11 @@
 """Write a trained model as a self-contained Triton version folder, and read one back.
 
 <model_dir>/<version>/model.py           trainer/triton_model.py (the thin Triton entry)
-                      network.py         trainer/model.py (the network's code)
+                      network.py         trainer/fit/encoder.py (the network's code)
                       weights.pt         the state dict (anomaly quantiles included)
                       model_config.json  model config, vocabulary, quantiles, metrics, data,
                                          alert thresholds (trainer/thresholds.py)
-                      next_event.py      trainer/nextclick/network.py   } with a next-event
+                      next_event.py      trainer/fit/next_event.py   } with a next-event
                       next_event.pt      its state dict                 } model: top-K next
                       items.json         its item vocabulary            } items, P(purchase)
 
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from stream.contract.tokenizer import Vocabulary
-from trainer import model as network_module
-from trainer.model import ClickscoreModel, ModelConfig
-from trainer.nextclick import network as next_event_module
-from trainer.nextclick.network import ItemVocabulary, NextEventModel
+from trainer.fit import encoder as network_module
+from trainer.fit import next_event as next_event_module
+from trainer.fit.encoder import ClickscoreModel, ModelConfig
+from trainer.fit.next_event import ItemVocabulary, NextEventModel
 from trainer.triton_model import (
     ITEMS,
     NEXT_EVENT_CODE,

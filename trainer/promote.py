@@ -27,11 +27,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stream.db.models import ModelVersion
 from stream.settings import TrainerSettings
-from trainer.data import Examples
-from trainer.evaluate import classification_metrics
+from trainer.evaluate.metrics import classification_metrics
 from trainer.export import load, read_meta, versions
-from trainer.model import ClickscoreModel
-from trainer.train import predict
+from trainer.fit.encoder import ClickscoreModel
+from trainer.fit.encoder_training import predict
+from trainer.labels.sequences import Examples
 
 log = logging.getLogger(__name__)
 

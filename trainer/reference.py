@@ -7,7 +7,7 @@ Validation data: synthetic users of the demo's size (300 users, 7 days) generate
 validation seeds (2 and 3: those `clickscore model head` picks the churn threshold on, never
 trained on), folded through the worker's `apply_event`, and scored at every time the worker
 scores them: after each event, and at each silence level it re-scores a quiet user at
-(trainer/customers/serving.py `scoring_points`), a silent point with the silence as one more
+(trainer/labels/scoring_points.py `scoring_points`), a silent point with the silence as one more
 row, as stream/scoring/idle.py sends it. Each version is scored in-process with its own
 exported code and weights (trainer/export.py `load`), and with its feature head where it has
 one, as its model.py does under Triton. A silent re-score keeps its last event's anomaly, so
@@ -37,10 +37,10 @@ from stream.contract.drift import REFERENCE_FILE, ChurnPromise, Histogram, Refer
 from stream.contract.features import NAMES, stack_features
 from stream.contract.state import UserState, stack_padded
 from stream.datasets.synthetic import SyntheticConfig
-from trainer.customers.serving import ScoringRules, scoring_points, synthetic_users
-from trainer.data import Examples
 from trainer.export import load, read_meta, tokenisation
-from trainer.train import predict
+from trainer.fit.encoder_training import predict
+from trainer.labels.scoring_points import ScoringRules, scoring_points, synthetic_users
+from trainer.labels.sequences import Examples
 from trainer.triton_model import head_scores
 
 VALIDATION_SEEDS = (2, 3)

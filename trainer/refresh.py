@@ -22,13 +22,21 @@ from stream.contract.events import Event, ValidationLimits, parse_event
 from stream.contract.tokenizer import Vocabulary
 from stream.kafka_security import aiokafka_options
 from stream.settings import TrainerSettings
-from trainer import data, export, promote
-from trainer.model import ModelConfig
-from trainer.nextclick.protocol import train_for_serving
-from trainer.outcome_labels import OutcomeLabel, read_outcome_labels, relabel
+from trainer import export, promote
+from trainer.evaluate.next_click import train_for_serving
+from trainer.fit.encoder import ModelConfig
+from trainer.fit.encoder_training import (
+    TINY_MODEL,
+    TINY_TRAIN,
+    StepCallback,
+    TrainConfig,
+    fit,
+    predict,
+)
+from trainer.labels import sequences as data
+from trainer.labels.outcomes import OutcomeLabel, read_outcome_labels, relabel
 from trainer.reference import validation_reference, write_reference
 from trainer.thresholds import threshold_for_precision
-from trainer.train import TINY_MODEL, TINY_TRAIN, StepCallback, TrainConfig, fit, predict
 
 log = logging.getLogger(__name__)
 TEST_FRACTION = 0.2
@@ -56,7 +64,7 @@ class Split:
     validation_tokens: npt.NDArray[Any]
     pretrain: npt.NDArray[Any]
     anomalous: set[str]
-    # Served alerts' outcomes applied to the churn labels (trainer/outcome_labels.py).
+    # Served alerts' outcomes applied to the churn labels (trainer/labels/outcomes.py).
     outcome_labels: dict[str, int] = field(default_factory=dict)
 
 

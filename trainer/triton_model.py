@@ -288,7 +288,7 @@ def head_scores(head: dict[str, Any], features: npt.NDArray[Any]) -> npt.NDArray
     """A behaviour-feature head's probabilities: standardise, then a logistic regression.
 
     `head` is one task's entry of model_config.json `feature_head` (mean, scale, coef,
-    intercept, written by trainer/customers/head.py); plain numpy, so the served model needs
+    intercept, written by trainer/fit/feature_head.py); plain numpy, so the served model needs
     no scikit-learn. Non-finite features (a damaged request) give NaN, which never alerts.
     """
     x = np.asarray(features, dtype=np.float64)

@@ -2,7 +2,7 @@
 Pure: the worker's window (stream/worker/window.py) notes the moments, this decides.
 
 Churn. An alert at event time A says the user stops. The outcome is the training label's
-(trainer/customers/serving.py, `stopped`): did any event come in (A, A + horizon]?
+(trainer/labels/scoring_points.py, `stopped`): did any event come in (A, A + horizon]?
 
     returned      the user's first event after A came within the horizon: a false alarm,
                   or a saved customer if a retention action was taken (docs/monitoring.md)

@@ -24,10 +24,10 @@ from stream.stack import local
 from stream.stack.process import free_port
 from tests.conftest import make_settings
 from trainer import export, promote
-from trainer.data import Examples
-from trainer.model import ClickscoreModel
+from trainer.fit.encoder import ClickscoreModel
+from trainer.fit.encoder_training import fit
+from trainer.labels.sequences import Examples
 from trainer.refresh import TrainArgs, configs, load_events, split
-from trainer.train import fit
 
 pytestmark = pytest.mark.integration
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")

@@ -21,10 +21,10 @@ from tests.support.checks import prepare, wait_until_scored, worker_settings
 from tests.support.kafka import produce, read_all
 from tests.support.worker import WorkerProcess
 from trainer import export
-from trainer.model import ClickscoreModel, ModelConfig
-from trainer.nextclick.protocol import train_for_serving
-from trainer.nextclick.train import NextTrainConfig
-from trainer.train import TINY_MODEL
+from trainer.evaluate.next_click import train_for_serving
+from trainer.fit.encoder import ClickscoreModel, ModelConfig
+from trainer.fit.encoder_training import TINY_MODEL
+from trainer.fit.next_event_training import NextTrainConfig
 
 pytestmark = pytest.mark.integration
 NEXT_MODEL = "clickscore-next"

@@ -17,8 +17,9 @@ from stream.contract.state import apply_event
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.cdnow import load_cdnow
 from stream.datasets.loaders import LoadStats
-from trainer.customers import bgnbd
-from trainer.customers.cohorts import (
+from trainer.baselines import bgnbd
+from trainer.evaluate.customers import ScorecardArgs, scorecard
+from trainer.labels.cohorts import (
     BEHAVIOUR,
     DAY_MS,
     ChurnProtocol,
@@ -26,7 +27,6 @@ from trainer.customers.cohorts import (
     churn_cohort,
     purchase_cohort,
 )
-from trainer.customers.scorecard import ScorecardArgs, scorecard
 from trainer.thresholds import precision_recall_at, threshold_for_precision
 
 PUBLISHED = bgnbd.BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)  # CDNOW, Fader et al. 2005
@@ -211,7 +211,7 @@ def test_evaluate_churn_command_prints_json(
 def test_bootstrap_metrics_match_scikit_learn_with_weights_and_ties() -> None:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from trainer.customers.scorecard import _ranked, weighted_metrics
+    from trainer.evaluate.customers import _ranked, weighted_metrics
 
     rng = np.random.default_rng(0)
     y = (rng.random(500) < 0.3).astype(np.float64)

@@ -24,7 +24,7 @@ from stream.contract.state import UserState, apply_event, stack_item_hashes, sta
 from stream.contract.tokenizer import Vocabulary
 from stream.settings import PROJECT_ROOT
 from trainer import export
-from trainer.customers.head import CANDIDATES, FeatureHead, fit_head, pick_head
+from trainer.fit.feature_head import CANDIDATES, FeatureHead, fit_head, pick_head
 
 MODEL = PROJECT_ROOT / "model_repo" / "clickscore"
 SERVED = MODEL / "6"

@@ -141,5 +141,5 @@ def test_the_rules_see_real_imports() -> None:
     """The checks above read the tree: a known edge must be in the graph they build."""
     graph = _graph()
     assert "stream.worker.pipeline" in graph["stream.worker.main"]
-    assert "stream.contract.events" in graph["trainer.data"]
+    assert "stream.contract.events" in graph["trainer.labels.sequences"]
     assert "stream.ops.dlq" in graph["stream.cli"]

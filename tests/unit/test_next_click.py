@@ -11,15 +11,16 @@ import torch
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event, stack_item_hashes
 from stream.contract.tokenizer import Vocabulary, item_hash
-from trainer.nextclick import baselines, data
-from trainer.nextclick.network import (
+from trainer.baselines import sessions as baselines
+from trainer.fit.next_event import (
     FIRST_ITEM,
     NO_ITEM,
     ItemVocabulary,
     NextEventConfig,
     NextEventModel,
 )
-from trainer.nextclick.train import NextTrainConfig, fit, ranking, ranks
+from trainer.fit.next_event_training import NextTrainConfig, fit, ranking, ranks
+from trainer.labels import sessions as data
 
 
 def _vocab(items: list[str], oov: int = 4) -> ItemVocabulary:

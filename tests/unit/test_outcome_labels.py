@@ -1,5 +1,5 @@
 """Feedback to training: recorded outcomes of served churn alerts relabel their examples,
-treated ones are dropped (trainer/outcome_labels.py; no services)."""
+treated ones are dropped (trainer/labels/outcomes.py; no services)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 
 from stream.datasets.synthetic import SyntheticConfig, generate
 from tests.conftest import make_settings
-from trainer.outcome_labels import OutcomeLabel, relabel
+from trainer.labels.outcomes import OutcomeLabel, relabel
 from trainer.refresh import split
 
 HOUR_MS = 3_600_000

@@ -1,5 +1,5 @@
 """The served head's synthetic rows and per-user churn scores: the times the worker scores a
-user, the labels, and who may be flagged (trainer/customers/serving.py)."""
+user, the labels, and who may be flagged (trainer/labels/scoring_points.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from stream.contract.events import Event
 from stream.contract.features import NAMES
 from stream.contract.tokenizer import Vocabulary
-from trainer.customers.head import FeatureHead
-from trainer.customers.serving import (
+from trainer.fit.feature_head import FeatureHead
+from trainer.labels.scoring_points import (
     RowSpec,
     ScoringRules,
     labelled_rows,

@@ -14,9 +14,10 @@ from stream.contract import tokenizer as tk
 from stream.contract.events import Event
 from stream.contract.state import apply_event, stack_padded
 from tests.conftest import make_settings
-from trainer import data, model
+from trainer.fit import encoder as model
+from trainer.fit.encoder_training import fit, predict
+from trainer.labels import sequences as data
 from trainer.refresh import TrainArgs, alert_thresholds, configs, load_events, split
-from trainer.train import fit, predict
 
 VOCAB = tk.Vocabulary()
 DAY = 86_400_000

@@ -18,14 +18,14 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional as F
 
-from trainer.nextclick.data import Sequence, batches, split_by_end, windows
-from trainer.nextclick.network import (
+from trainer.fit.next_event import (
     FIRST_ITEM,
     PAD,
     ItemVocabulary,
     NextEventConfig,
     NextEventModel,
 )
+from trainer.labels.sessions import Sequence, batches, split_by_end, windows
 
 log = logging.getLogger(__name__)
 K = 20

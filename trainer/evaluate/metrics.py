@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event, stack_padded
 from stream.contract.tokenizer import Vocabulary
-from trainer.data import Examples, NextClicks
+from trainer.labels.sequences import Examples, NextClicks
 
 K = 20
 

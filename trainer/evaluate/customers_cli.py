@@ -68,8 +68,8 @@ def _events(args: argparse.Namespace) -> Any:
 
 
 def run_evaluate(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer.customers import cohorts
-    from trainer.customers.scorecard import ScorecardArgs, scorecard
+    from trainer.evaluate.customers import ScorecardArgs, scorecard
+    from trainer.labels import cohorts
 
     events = _events(args)
     if args.task == "churn":

@@ -1,4 +1,5 @@
-"""`python -m trainer.report ...`: the evaluation tables of docs/evaluation.md, as markdown.
+"""`python -m trainer.evaluate.report ...`: the evaluation tables of docs/evaluation.md, as
+markdown.
 
 labelled   synthetic or taobao: churn / purchase on held-out users for the model (full
            fine-tune, no pretraining, LoRA) and the RFM baselines; anomaly on synthetic
@@ -19,9 +20,10 @@ from stream.contract.events import Event
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.loaders import load, sort_by_time
 from stream.settings import Settings
-from trainer import data, evaluate
+from trainer.evaluate import metrics as evaluate
+from trainer.fit.encoder_training import fit, predict
+from trainer.labels import sequences as data
 from trainer.refresh import TrainArgs, configs, load_events, split
-from trainer.train import fit, predict
 
 COLUMNS = ("roc_auc", "pr_auc", "log_loss", "ece")
 
@@ -145,7 +147,7 @@ def _rows(events: list[Event], vocab: Vocabulary) -> np.ndarray[Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.report")
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate.report")
     parser.add_argument(
         "source",
         nargs="+",

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from stream.settings import TrainerSettings
-from trainer.customers.head_command import DEMO_DAYS, DEMO_SEED, DEMO_USERS
+from trainer.head_command import DEMO_DAYS, DEMO_SEED, DEMO_USERS
 
 
 def add_anomaly_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,12 @@ def run_anomaly_threshold(settings: TrainerSettings, args: argparse.Namespace) -
     from stream.datasets.synthetic import SyntheticConfig, generate
     from stream.scoring.alerts import AlertRules
     from trainer import export, promote
-    from trainer.customers.anomaly import precision_recall, rules_flagged, score_users, user_level
+    from trainer.evaluate.anomaly_per_user import (
+        precision_recall,
+        rules_flagged,
+        score_users,
+        user_level,
+    )
     from trainer.thresholds import best_precision, precision_recall_at, threshold_for_precision
 
     # Measuring on the demo's own users (--heldout-seeds 0) is allowed: nothing is picked there.

@@ -4,11 +4,12 @@ Rows. Each user's events are folded through the worker's `apply_event`; a row is
 at a scoring time T, as the worker scores it: after an event (T = that event), or silent
 (T = an event + a silence level, 1, 2, 4 ... days while no later event came, as
 stream/scoring/idle.py re-scores). Purchase = a purchase within the purchase horizon after T
-(trainer/data.py's label). Churn, two labels (`churn_label`):
+(trainer/labels/sequences.py's label). Churn, two labels (`churn_label`):
 
     stopped   (the default) the user has stopped: no event after T, decided only where at
               least the churn horizon of data follows T
-    protocol  trainer/data.py's: the user's last event is at most the churn horizon after T,
+    protocol  trainer/labels/sequences.py's: the user's last event is at most the churn
+              horizon after T,
               decided only where T + 2 horizons is inside the data
 
 `protocol` also labels the fading days before a stop as churn, which teaches the head that a
@@ -42,8 +43,8 @@ from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.synthetic import SyntheticConfig, UserTruth, generate
 from stream.settings import WorkerSettings
-from trainer.customers.head import FeatureHead
-from trainer.data import group_by_user
+from trainer.fit.feature_head import FeatureHead
+from trainer.labels.sequences import group_by_user
 
 _WORKER = WorkerSettings.model_fields
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.data import IGNORE, Examples, mask_events
-from trainer.model import ClickscoreModel, ModelConfig
+from trainer.fit.encoder import ClickscoreModel, ModelConfig
+from trainer.labels.sequences import IGNORE, Examples, mask_events
 
 log = logging.getLogger(__name__)
 

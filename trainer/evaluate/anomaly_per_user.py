@@ -25,7 +25,7 @@ from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary
 from stream.datasets.synthetic import SyntheticConfig, UserTruth
 from stream.scoring.alerts import BURST, TAKEOVER, AlertRules, evaluate
-from trainer.customers.serving import synthetic_users
+from trainer.labels.scoring_points import synthetic_users
 
 BATCH = 256
 

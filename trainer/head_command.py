@@ -1,6 +1,6 @@
 """`clickscore model head`: fit the served churn and purchase feature head on synthetic users,
 measure its churn alerts per user as the demo counts them, and export it as a new version
-over a base version's networks (trainer/customers/serving.py, trainer/export.py).
+over a base version's networks (trainer/labels/scoring_points.py, trainer/export.py).
 
     clickscore model head [--base 5] [--no-write] [--json]
 
@@ -41,7 +41,7 @@ def add_head_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser]
         "--churn-label",
         choices=("stopped", "protocol"),
         default="stopped",
-        help="churn label of the training rows (trainer/customers/serving.py)",
+        help="churn label of the training rows (trainer/labels/scoring_points.py)",
     )
     head.add_argument(
         "--check-users",
@@ -60,9 +60,9 @@ def run_head(settings: TrainerSettings, args: argparse.Namespace) -> int:
     from stream.contract.features import FeatureSchema
     from stream.datasets.synthetic import SyntheticConfig
     from trainer import export, promote
-    from trainer.customers import serving
-    from trainer.customers.head import pick_head
-    from trainer.data import held_out
+    from trainer.fit.feature_head import pick_head
+    from trainer.labels import scoring_points as serving
+    from trainer.labels.sequences import held_out
     from trainer.reference import write_reference
     from trainer.thresholds import precision_recall_at, threshold_for_precision
 

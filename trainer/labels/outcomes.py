@@ -12,7 +12,7 @@ version alerted on, the outcomes the worker and `clickscore outcomes` recorded
   then stopped within the horizon, or the history ends early);
 - an alert with a retention action (treated) drops its example: a saved customer looks like
   a false alarm, so neither label can be trusted there;
-- every other example keeps its label from the history (trainer/data.py).
+- every other example keeps its label from the history (trainer/labels/sequences.py).
 
 Pure except `read_outcome_labels`, which reads the table.
 """

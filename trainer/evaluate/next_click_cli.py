@@ -38,7 +38,7 @@ def add_parsers(evaluations: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def run_next_click(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer.nextclick.protocol import NextClickArgs, evaluate
+    from trainer.evaluate.next_click import NextClickArgs, evaluate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     defaults = NextClickArgs(format=args.format, train=args.train)

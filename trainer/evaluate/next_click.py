@@ -21,9 +21,10 @@ import numpy as np
 from stream.contract.events import Event
 from stream.contract.tokenizer import EVENT_TYPES, NUM_SPECIAL, Vocabulary
 from stream.datasets.loaders import load, sort_by_time
-from trainer.nextclick import baselines, data
-from trainer.nextclick.network import ItemVocabulary, NextEventConfig, NextEventModel
-from trainer.nextclick.train import K, NextTrainConfig, fit, ranking, ranks
+from trainer.baselines import sessions as baselines
+from trainer.fit.next_event import ItemVocabulary, NextEventConfig, NextEventModel
+from trainer.fit.next_event_training import K, NextTrainConfig, fit, ranking, ranks
+from trainer.labels import sessions as data
 
 log = logging.getLogger(__name__)
 PURCHASE_TYPE = NUM_SPECIAL + EVENT_TYPES.index("purchase")

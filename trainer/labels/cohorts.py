@@ -2,7 +2,7 @@
 
 Two protocols, each a set of cut-offs: features look only at events before a cut-off, the
 label only at the horizon after it, and customers are split into training and held-out sets
-by a stable hash of their id (`trainer.data.held_out`), so no customer is on both sides.
+by a stable hash of their id (`trainer.labels.sequences.held_out`), so no customer is on both sides.
 
     churn     CDNOW-style purchase logs: one cut-off at the end of the calibration period
               (39 weeks after the first purchase in the file); churn = no purchase in the

@@ -18,7 +18,7 @@ import torch
 from stream.contract.events import Event
 from stream.contract.state import UserState, apply_event
 from stream.contract.tokenizer import Vocabulary, item_hash
-from trainer.nextclick.network import ItemVocabulary
+from trainer.fit.next_event import ItemVocabulary
 
 EVENT_TYPE, GAP = 0, 4  # token fields (stream.contract.tokenizer.FIELDS)
 MAX_EVENTS = 0xFFFF  # a state's most rows

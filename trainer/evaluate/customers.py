@@ -1,11 +1,11 @@
 """Churn and purchase on real customers: the served scorer against the baselines people use.
 
     model         the served configuration: the behaviour-feature head the worker's model
-                  serves (trainer/customers/head.py: standardised stream/contract/features.py
+                  serves (trainer/fit/feature_head.py: standardised stream/contract/features.py
                   features of the state the worker would hold at the cut-off, a logistic
                   regression in the regularisation that wins on validation)
     full_history  not servable from a user state: gradient boosting (or a logistic
-                  regression, when it wins on validation) over trainer.customers.cohorts.
+                  regression, when it wins on validation) over trainer.labels.cohorts.
                   BEHAVIOUR, computed from the customer's whole history, plus BG/NBD's P(alive)
                   and expected purchases
     Both pick their candidate on a validation split of the training customers only, then
@@ -36,10 +36,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from trainer.customers import bgnbd
-from trainer.customers.cohorts import RFM, Cohort
-from trainer.customers.head import FeatureHead, pick_head
-from trainer.data import held_out
+from trainer.baselines import bgnbd
+from trainer.fit.feature_head import FeatureHead, pick_head
+from trainer.labels.cohorts import RFM, Cohort
+from trainer.labels.sequences import held_out
 from trainer.thresholds import precision_recall_at, threshold_for_precision
 
 Array = npt.NDArray[np.float64]

@@ -1,0 +1,1 @@
+"""Held-out measures of a version and of the baselines, and the evaluate commands."""
