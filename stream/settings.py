@@ -404,12 +404,38 @@ class TrainerSettings(
         le=1,
         description="Precision the trainer picks each version's churn alert threshold for.",
     )
+    # A retention team's budget. 0.3 rather than 0.2: at the demo's 25 % churn base rate, a
+    # recall of 0.5 at twice the base rate's precision needs alerts on 25 % of users, and
+    # without a cap a 70 % base rate (CDNOW) lets nearly everyone clear the precision rules.
+    churn_alert_max_rate: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Most of the validation users (or rows) a churn alert threshold may flag.",
+    )
     anomaly_alert_precision: float = Field(
         0.9,
         gt=0,
         le=1,
-        description="Precision `clickscore model thresholds --kind anomaly` picks a version's "
-        "anomaly alert threshold for, per user.",
+        description="Precision `clickscore train` picks a version's anomaly alert threshold "
+        "for, per user (only where the history labels anomalies: synthetic).",
+    )
+    train_min_users: int = Field(
+        50, ge=2, description="Fewest users a history needs before `clickscore train` fits it."
+    )
+    train_encoder: bool = Field(
+        False,
+        description="Also train the transformer encoder (slow); it then serves churn or "
+        "purchase where it beats the feature head on validation users.",
+    )
+    train_threads: int = Field(
+        1,
+        ge=1,
+        description="CPU threads of the trainer's torch and BLAS pools; on a shared machine "
+        "more threads spin against each other.",
+    )
+    gate_bootstrap_rounds: int = Field(
+        500, ge=50, description="Bootstrap rounds (users resampled) behind the gate's intervals."
     )
 
 

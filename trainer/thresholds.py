@@ -1,10 +1,19 @@
-"""Alert thresholds chosen by precision: the rule a retention team can budget for.
+"""Alert thresholds chosen on validation data: the rule a retention team can budget for.
 
-Given validation labels and scores, the threshold is the lowest score whose alerts (every
-score at or above it) reach the target precision, which is the one with the most recall at
-that precision. At least `min_alerts` alerts must be above it, so one lucky top score cannot
-set it. None when no threshold reaches the target: the caller then raises no alert of that
-kind rather than alert at a precision nobody asked for.
+`choose_threshold` is the rule versions are built with. A cut (every score at or above it
+alerts) qualifies when
+  - it has at least `min_alerts` alerts, so one lucky top score cannot set it;
+  - its precision reaches the target;
+  - its precision is clearly above the base rate: the Wilson 95 % lower bound of that
+    precision exceeds the base rate. Random alerts reach the base rate, so a target below it
+    (CDNOW: 70 % churn, target 0.6) would otherwise be met by alerting on everyone;
+  - it alerts on at most `max_alert_rate` of the rows (a retention team's budget), if set;
+  - it leaves at least one row unflagged.
+Of the qualifying cuts the lowest is kept: the most recall the rules allow. None qualifies:
+the threshold is None with a reason, and the version raises no alert of that kind.
+
+`threshold_for_precision` is the older rule (target precision and `min_alerts` only), kept for
+the commands that still call it.
 """
 
 from __future__ import annotations
@@ -101,3 +110,144 @@ def best_precision(
         "threshold": float(s_sorted[k]),
         **precision_recall_at(y, s, float(s_sorted[k])),
     }
+
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson_lower(hits: npt.ArrayLike, n: npt.ArrayLike, z: float = Z95) -> npt.NDArray[np.float64]:
+    """Wilson score interval's lower bound of a proportion hits / n (0 where n is 0)."""
+    h = np.asarray(hits, dtype=np.float64)
+    m = np.maximum(np.asarray(n, dtype=np.float64), 1.0)
+    p = h / m
+    z2 = z * z
+    centre = p + z2 / (2 * m)
+    spread = z * np.sqrt(p * (1 - p) / m + z2 / (4 * m * m))
+    return np.where(np.asarray(n) > 0, (centre - spread) / (1 + z2 / m), 0.0)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """What `choose_threshold` decided, with the validation figures behind it. The figures
+    describe the chosen cut, or with no threshold the best cut the rules were tried on."""
+
+    threshold: float | None
+    reason: str
+    target_precision: float
+    max_alert_rate: float | None
+    min_alerts: int
+    rows: int
+    base_rate: float
+    precision: float | None = None
+    precision_low95: float | None = None
+    recall: float | None = None
+    alerts: int = 0
+    alert_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """model_config.json's alert_thresholds.<kind> (the keys the worker, the drift
+        reference and the outcomes job read: threshold, validation_precision, _alerts)."""
+        return {
+            "threshold": self.threshold,
+            "reason": self.reason,
+            "target_precision": self.target_precision,
+            "max_alert_rate": self.max_alert_rate,
+            "min_alerts": self.min_alerts,
+            "validation_rows": self.rows,
+            "validation_base_rate": self.base_rate,
+            "validation_precision": self.precision,
+            "validation_precision_low95": self.precision_low95,
+            "validation_recall": self.recall,
+            "validation_alerts": self.alerts,
+            "validation_alert_rate": self.alert_rate,
+        }
+
+
+def choose_threshold(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    target_precision: float,
+    max_alert_rate: float | None = None,
+    min_alerts: int = 10,
+) -> ThresholdChoice:
+    """The lowest cut that meets every rule of the module docstring, or None and why."""
+    if not 0 < target_precision <= 1:
+        raise ValueError("target precision must be in (0, 1]")
+    if max_alert_rate is not None and not 0 < max_alert_rate <= 1:
+        raise ValueError("the alert rate cap must be in (0, 1]")
+    y = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    n, positives = len(y), float(y.sum()) if len(y) else 0.0
+    base = positives / n if n else float("nan")
+    none: dict[str, Any] = {
+        "threshold": None,
+        "target_precision": target_precision,
+        "max_alert_rate": max_alert_rate,
+        "min_alerts": min_alerts,
+        "rows": n,
+        "base_rate": base,
+    }
+    if not np.isfinite(s).all():
+        return ThresholdChoice(reason="validation scores hold NaN or infinity", **none)
+    if positives == 0 or positives == n:
+        return ThresholdChoice(
+            reason=f"validation labels hold one class ({positives:.0f} positive of {n} rows)",
+            **none,
+        )
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    # Only the last row of each run of equal scores is a cut a threshold can make.
+    cut = np.r_[s_sorted[1:] != s_sorted[:-1], False]  # the last row would flag everyone
+    flagged = np.arange(1, n + 1)
+    hits = np.cumsum(y_sorted)
+    precision = hits / flagged
+    low = wilson_lower(hits, flagged)
+    # (rule, why none passes it); the cap's closest miss is the cut with the fewest alerts,
+    # the others' the most precise cut that passed the rules before.
+    rules = [
+        (flagged >= min_alerts, f"no cut has {min_alerts} alerts and leaves a row unflagged"),
+        (precision >= target_precision, f"no cut reaches precision {target_precision:.2f}"),
+        (
+            low > base,
+            f"no cut reaching precision {target_precision:.2f} is clearly above the base rate "
+            f"{base:.3f} (Wilson 95 % lower bound of its precision)",
+        ),
+    ]
+    if max_alert_rate is not None:
+        cap = flagged <= max_alert_rate * n
+        why = f"every cut that meets the precision rules alerts on more than {max_alert_rate:.0%}"
+        rules.append((cap, why + " of rows"))
+
+    def at(k: int | None, threshold: float | None, reason: str) -> ThresholdChoice:
+        if k is None:
+            return ThresholdChoice(reason=reason, **{**none, "threshold": threshold})
+        return ThresholdChoice(
+            reason=reason,
+            **{**none, "threshold": threshold},
+            precision=float(precision[k]),
+            precision_low95=float(low[k]),
+            recall=float(hits[k] / positives),
+            alerts=int(flagged[k]),
+            alert_rate=float(flagged[k] / n),
+        )
+
+    ok = cut.copy()
+    for rule, why in rules:
+        narrowed = ok & rule
+        if not narrowed.any():
+            passed = np.flatnonzero(ok)
+            is_cap = max_alert_rate is not None and rule is rules[-1][0]
+            k = None
+            if passed.size:
+                k = int(passed[0] if is_cap else passed[np.argmax(precision[passed])])
+            return at(k, None, why + "; this version raises no alert of this kind")
+        ok = narrowed
+    k = int(np.flatnonzero(ok)[-1])
+    return at(
+        k,
+        float(s_sorted[k]),
+        f"the lowest cut with precision >= {target_precision:.2f}, its Wilson 95 % lower bound "
+        f"{low[k]:.3f} above the base rate {base:.3f}, at least {min_alerts} alerts"
+        + (f", at most {max_alert_rate:.0%} of rows" if max_alert_rate is not None else ""),
+    )

@@ -40,7 +40,7 @@ from trainer.baselines import bgnbd
 from trainer.fit.feature_head import FeatureHead, pick_head
 from trainer.labels.cohorts import RFM, Cohort
 from trainer.labels.sequences import held_out
-from trainer.thresholds import precision_recall_at, threshold_for_precision
+from trainer.thresholds import choose_threshold, precision_recall_at
 
 Array = npt.NDArray[np.float64]
 METRICS = ("roc_auc", "pr_auc")
@@ -53,6 +53,7 @@ class ScorecardArgs:
     validation_fraction: float = 0.25
     bootstrap: int = 1000
     alert_precision: float = 0.6
+    alert_max_rate: float | None = 0.3  # TrainerSettings.churn_alert_max_rate
     seed: int = 0
 
 
@@ -290,15 +291,15 @@ def scorecard(cohort: Cohort, args: ScorecardArgs) -> dict[str, Any]:
         **baseline_scores(train, test, args.task, args.seed),
     }
     models, differences = bootstrap(test.label, scores, test.customers, args.bootstrap, args.seed)
-    picked = threshold_for_precision(
-        served.validation_labels, served.validation_scores, args.alert_precision
+    picked = choose_threshold(
+        served.validation_labels,
+        served.validation_scores,
+        target_precision=args.alert_precision,
+        max_alert_rate=args.alert_max_rate,
     )
-    alert: dict[str, Any] = {"target_precision": args.alert_precision, "threshold": None}
-    if picked is not None:
-        alert = {
-            **picked.to_dict(),
-            "heldout": precision_recall_at(test.label, served.scores, picked.threshold),
-        }
+    alert: dict[str, Any] = picked.to_dict()
+    if picked.threshold is not None:
+        alert["heldout"] = precision_recall_at(test.label, served.scores, picked.threshold)
     return {
         "task": args.task,
         "customers": len(set(test.customers)),

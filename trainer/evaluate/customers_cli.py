@@ -48,6 +48,12 @@ def add_parsers(evaluations: argparse._SubParsersAction[argparse.ArgumentParser]
             help="target precision of the alert threshold "
             "(default: CLICKSCORE_CHURN_ALERT_PRECISION)",
         )
+        command.add_argument(
+            "--alert-max-rate",
+            type=float,
+            help="most of the validation rows the alert may flag "
+            "(default: CLICKSCORE_CHURN_ALERT_MAX_RATE)",
+        )
         command.set_defaults(handler=run_evaluate, task=command.prog.split()[-1])
     churn.add_argument("--calibration-weeks", type=int, default=39)
     churn.add_argument("--holdout-weeks", type=int, default=39)
@@ -81,11 +87,14 @@ def run_evaluate(settings: TrainerSettings, args: argparse.Namespace) -> int:
             args.horizon * 1000, args.step * 1000, args.min_history * 1000
         )
         cohort = cohorts.purchase_cohort(events, protocol)
-    precision = args.alert_precision or settings.churn_alert_precision
     report = scorecard(
         cohort,
         ScorecardArgs(
-            task=args.task, bootstrap=args.bootstrap, alert_precision=precision, seed=args.seed
+            task=args.task,
+            bootstrap=args.bootstrap,
+            alert_precision=args.alert_precision or settings.churn_alert_precision,
+            alert_max_rate=args.alert_max_rate or settings.churn_alert_max_rate,
+            seed=args.seed,
         ),
     )
     report["format"] = args.format
@@ -127,15 +136,17 @@ def render(report: dict[str, Any]) -> str:
         )
     alert = report["alert"]
     if alert.get("threshold") is None:
-        lines.append(
-            f"alerts: no threshold reaches precision {alert['target_precision']:.2f} on validation"
-        )
+        lines.append(f"alerts: none ({alert['reason']})")
     else:
         held = alert["heldout"]
         lines.append(
-            f"alerts at {alert['threshold']:.3f} (for precision {alert['target_precision']:.2f} "
-            f"on validation): held-out precision {_num(held['precision'])}, recall "
-            f"{_num(held['recall'])}, base rate {_num(held['base_rate'])}"
+            f"alerts at {alert['threshold']:.3f} (validation: precision "
+            f"{alert['validation_precision']:.2f}, 95 % lower bound "
+            f"{alert['validation_precision_low95']:.2f}, recall {alert['validation_recall']:.2f}, "
+            f"{alert['validation_alert_rate']:.0%} of rows flagged, base rate "
+            f"{alert['validation_base_rate']:.2f}): held-out precision {_num(held['precision'])}, "
+            f"recall {_num(held['recall'])}, {held['alerts']:.0f} flagged, base rate "
+            f"{_num(held['base_rate'])}"
         )
     return "\n".join(lines)
 
