@@ -1,7 +1,10 @@
 """The scoring network: a small BERT encoder over events, with multi-task heads.
 
-Self-contained on purpose (torch and transformers only): the exporter copies this file beside
-the weights as `network.py`, so a Triton version folder never depends on the checkout.
+Export-friendly (trainer/export/onnx.py): no in-place op on an input and no data-dependent
+shape on the served path, so the legacy ONNX exporter traces it at a fixed sequence length
+with a dynamic batch. Padding is handled by the attention mask; the anomaly calibration
+(`calibrated`, a searchsorted) stays outside the exported graph, which outputs the raw
+surprise: stream/serving/version.py applies the version's quantiles with numpy.
 
 Each event is six tokens (stream/contract/tokenizer.py's FIELDS order); its embedding is the sum of
 one embedding per field, and BERT adds the position. Sequences are left-padded, so the newest
@@ -116,13 +119,13 @@ class ClickscoreModel(nn.Module):
         tokens = tokens.long()
         if self.training and self.config.identity_dropout:
             hide = torch.rand(tokens.shape[:2], device=tokens.device) < self.config.identity_dropout
-            hide = hide.unsqueeze(-1) & (torch.arange(tokens.shape[2], device=tokens.device) > 0)
-            hide &= torch.arange(tokens.shape[2], device=tokens.device) <= CATEGORY_FIELD
+            fields = torch.arange(tokens.shape[2], device=tokens.device)
+            hide = hide.unsqueeze(-1) & (fields > 0) & (fields <= CATEGORY_FIELD)
             tokens = tokens.masked_fill(hide & (tokens != PAD), MASK)
         embeds = sum(emb(tokens[:, :, i]) for i, emb in enumerate(self.field_embeddings))  # type: ignore[arg-type]
-        present = tokens[:, :, 0] != PAD
         # The newest position always attends, so an empty sequence still has defined output.
-        present[:, -1] = True
+        newest = torch.arange(tokens.shape[1], device=tokens.device) == tokens.shape[1] - 1
+        present = (tokens[:, :, 0] != PAD) | newest
         positions = torch.arange(tokens.shape[1], device=tokens.device) + first_position
         out = self.encoder(
             inputs_embeds=embeds,
@@ -155,8 +158,7 @@ class ClickscoreModel(nn.Module):
         k = min(self.config.anomaly_last_k, tokens.shape[1])
         recent = tokens[:, -k:]
         present = (recent[:, :, 0] != PAD).to(torch.float32)
-        masked = tokens.clone()
-        masked[:, -k:] = torch.where(recent[:, :, :1] != PAD, MASK, recent)
+        masked = torch.cat([tokens[:, :-k], torch.where(recent[:, :, :1] != PAD, MASK, recent)], 1)
         hidden = self.encode(masked, first_position)[:, -k:]
         nll = torch.zeros(recent.shape[:2], dtype=torch.float32, device=hidden.device)
         for i, logits in enumerate(self.field_logits(hidden)):

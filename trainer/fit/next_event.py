@@ -1,7 +1,7 @@
 """Next-event network: what a user will look at next, and whether the next event is a purchase.
 
-Self-contained on purpose (torch and numpy only): the exporter copies this file beside the
-weights as `next_event.py`, so a Triton version folder never depends on the checkout.
+Export-friendly (trainer/export/onnx.py): no in-place op and no data-dependent shape on the
+served path (`top_items`), so it exports to ONNX at a fixed length with a dynamic batch.
 
 A causal transformer reads the user's events (item, event type, gap; oldest first, left-padded)
 and predicts, at every position, the next event's item and type (SASRec / Transformers4Rec
@@ -10,85 +10,23 @@ a full softmax over the tied item embeddings, and a copy distribution over the i
 in the sequence (shoppers go back to what they just saw: on YooChoose a third of next clicks
 are items of the session so far).
 
-Item vocabulary, owned by the model version: the `items` most frequent raw item ids of the
-training data get their own ids, every other item shares one of `oov_buckets` hashed ids. The
-worker's state keeps, per event, a stable 32-bit hash of the raw item id
-(stream.contract.tokenizer.item_hash); `ItemVocabulary.ids` maps those hashes to this
-version's ids. So a new version with a new vocabulary reads the states already in the table.
+The item vocabulary (stream/serving/items.py) maps the worker's per-event item hashes to this
+network's item ids.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
-PAD = 0  # no event
-NO_ITEM = 1  # an event without an item (search, login), or a state older than item hashes
-FIRST_ITEM = 2
+# Re-exported: the item vocabulary is also read at serving time, where torch is not imported.
+from stream.serving.items import FIRST_ITEM, NO_ITEM, PAD, ItemVocabulary
 
-
-@dataclass(frozen=True)
-class ItemVocabulary:
-    """ids FIRST_ITEM.. for `items` (most frequent first), then `oov_buckets` hashed ids."""
-
-    items: tuple[str, ...]
-    hashes: tuple[int, ...]  # item_hash of each item, same order
-    oov_buckets: int = 64
-    # A sorted copy of the hashes for the lookup, built once.
-    _sorted_hashes: npt.NDArray[np.int64] = field(init=False, repr=False, compare=False)
-    _sorted_ids: npt.NDArray[np.int64] = field(init=False, repr=False, compare=False)
-
-    @property
-    def size(self) -> int:
-        """Embedding rows: specials, items, out-of-vocabulary buckets."""
-        return FIRST_ITEM + len(self.items) + self.oov_buckets
-
-    def __post_init__(self) -> None:
-        if len(self.items) != len(self.hashes) or self.oov_buckets < 1:
-            raise ValueError("one hash per item and at least one out-of-vocabulary bucket")
-        hashes = np.asarray(self.hashes, dtype=np.int64)
-        # Two items with one hash: the more frequent (earlier) one keeps it.
-        order = np.argsort(hashes, kind="stable")
-        # A sentinel above every 32-bit hash keeps the lookup in bounds, even when empty.
-        sorted_hashes = np.append(hashes[order], 1 << 40)
-        sorted_ids = np.append(order + FIRST_ITEM, NO_ITEM).astype(np.int64)
-        object.__setattr__(self, "_sorted_hashes", sorted_hashes)
-        object.__setattr__(self, "_sorted_ids", sorted_ids)
-
-    def ids(self, hashes: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int64]:
-        """Item hashes (0: no item) -> this vocabulary's ids, any shape."""
-        h = np.asarray(hashes, dtype=np.int64)
-        where = np.searchsorted(self._sorted_hashes, h)
-        known = self._sorted_hashes[where] == h
-        oov = FIRST_ITEM + len(self.items) + h % self.oov_buckets
-        out = np.where(known, self._sorted_ids[where], oov)
-        return np.where(h == 0, NO_ITEM, out).astype(np.int64)
-
-    def item_of(self, item_id: int) -> str | None:
-        """The raw item id of a vocabulary id; None for specials and hashed buckets."""
-        k = item_id - FIRST_ITEM
-        return self.items[k] if 0 <= k < len(self.items) else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "items": list(self.items),
-            "hashes": list(self.hashes),
-            "oov_buckets": self.oov_buckets,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ItemVocabulary:
-        return cls(
-            items=tuple(str(i) for i in data["items"]),
-            hashes=tuple(int(h) for h in data["hashes"]),
-            oov_buckets=int(data["oov_buckets"]),
-        )
+__all__ = ["FIRST_ITEM", "NO_ITEM", "PAD", "ItemVocabulary", "NextEventConfig", "NextEventModel"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +130,7 @@ class NextEventModel(nn.Module):
             + self.position(position)
         )
         blocked = (steps.unsqueeze(0) > steps.unsqueeze(1)).unsqueeze(0) | ~present.unsqueeze(1)
-        blocked &= (steps.unsqueeze(0) != steps.unsqueeze(1)).unsqueeze(0)  # a row sees itself
+        blocked = blocked & (steps.unsqueeze(0) != steps.unsqueeze(1)).unsqueeze(0)  # sees itself
         mask = torch.zeros(blocked.shape, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(blocked, float("-inf"))
         return self.dropout(x), mask.repeat_interleave(self.config.heads, 0)
@@ -203,8 +141,8 @@ class NextEventModel(nn.Module):
         """log p(next item) at every position (batch, length, items), or at the newest."""
         length = items.shape[1]
         queries = hidden[:, -1:] if last_only else hidden
-        logits = queries @ self.item.weight.T
-        logits[..., :FIRST_ITEM] = float("-inf")
+        special = torch.arange(self.item.weight.shape[0], device=items.device) < FIRST_ITEM
+        logits = (queries @ self.item.weight.T).masked_fill(special, float("-inf"))
         steps = torch.arange(length, device=items.device)
         rows = steps[-1:] if last_only else steps
         lag = (rows.unsqueeze(1) - steps.unsqueeze(0)).clamp(0, self.config.sequence_length - 1)
@@ -214,9 +152,10 @@ class NextEventModel(nn.Module):
         usable = (rows.unsqueeze(1) >= steps.unsqueeze(0)).unsqueeze(0)
         usable = usable & (items >= FIRST_ITEM).unsqueeze(1)
         scores = (scores / math.sqrt(self.config.hidden)).masked_fill(~usable, float("-inf"))
-        attention = torch.softmax(scores, -1).nan_to_num(0.0)  # nothing to copy: all zeros
+        attention = torch.softmax(scores, -1)
+        attention = torch.where(attention.isnan(), 0.0, attention)  # nothing to copy: all zeros
         index = items.unsqueeze(1).expand(-1, rows.shape[0], -1)
-        copied = torch.zeros_like(logits).scatter_add_(-1, index, attention)
+        copied = torch.zeros_like(logits).scatter_add(-1, index, attention)
         gate = torch.sigmoid(self.copy_gate(queries)) * usable.any(-1, keepdim=True)
         mixed = (1 - gate) * torch.softmax(logits, -1) + gate * copied
         out = torch.log(mixed.clamp(min=1e-12))
@@ -232,7 +171,13 @@ class NextEventModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k next item ids and their probabilities (batch, k), P(next is a purchase)."""
         first = leading_padding(types)  # columns that are padding in every row cost nothing
-        items, types, gaps = items[:, first:], types[:, first:], gaps[:, first:]
+        return self.top_items(items[:, first:], types[:, first:], gaps[:, first:], k)
+
+    def top_items(
+        self, items: torch.Tensor, types: torch.Tensor, gaps: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`recommend` at the full length: padding is masked, never sliced off, so this is the
+        graph trainer/export/onnx.py exports (the same numbers, up to float rounding)."""
         hidden = self.encode_newest(items, types, gaps)
         log_probs = self.item_log_probs(items, hidden, last_only=True)
         # Hashed buckets are not items a shop can show.

@@ -1,0 +1,1 @@
+"""Serving a model version: ONNX Runtime and numpy, no torch (stream/serving/version.py)."""
