@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import uuid
 from pathlib import Path
 
+from stream.bench.serving import RUNTIMES, ServingRow
 from stream.bench.worker import bench_worker, describe_machine
 from stream.settings import Settings
 
@@ -134,37 +136,127 @@ def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.bench.latency import measure_rate, rate_events
+    from stream.bench.latency import measure_rate, measure_saturation, rate_events
+    from stream.bench.latency_report import default_rates, latency_json, rate_row
     from stream.datasets.synthetic import SyntheticConfig, generate
 
     history, _ = generate(SyntheticConfig(users=args.users, days=args.days, seed=args.seed))
-    print(f"machine: {describe_machine()}")
+    print(f"machine: {describe_machine()}; {load_average()}")
+    saturation = args.saturation
+    if saturation is None:
+        backlog = rate_events(history, args.saturation_events, 1, prefix=_run_prefix())
+        saturation = asyncio.run(measure_saturation(settings, backlog, args.timeout))
+        print(
+            f"saturation: {saturation:,.0f} events/s achieved on a backlog of "
+            f"{len(backlog):,} events sent unpaced; {load_average()}"
+        )
+    else:
+        print(f"saturation: {saturation:,.0f} events/s (given)")
+    rates = args.rates or default_rates(saturation)
     print(f"{args.users} synthetic users, {args.seconds:g} s of events per rate\n")
     print(
         "| offered events/s | events | achieved events/s "
         "| event-triggered event→score p50 / p95 / p99 ms "
         "| alerts | event→alert written p50 / p95 / p99 ms | saturated "
-        "| events per window | window ms: fold / score / results / table |"
+        "| events per window | window ms: fold / score / results / table (p99 score) "
+        "| Triton per request ms: client / request / queue / compute (sequences) | load |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
-    for rate in args.rates:
-        events = rate_events(history, rate, args.seconds, prefix=f"{uuid.uuid4().hex[:6]}-")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |")
+    rows: list[dict[str, object]] = []
+    for rate in rates:
+        events = rate_events(history, rate, args.seconds, prefix=_run_prefix())
         p = asyncio.run(measure_rate(settings, events, rate, args.timeout))
+        load = load_average()
         s50, s95, s99 = p.score_ms
         a50, a95, a99 = p.alert_ms
         saturated = f"yes, drained {p.drain_s:.1f} s after the last send" if p.saturated else "no"
         stages = " / ".join(
             f"{p.stage_ms.get(name, 0):.1f}" for name in ("fold", "score", "results", "table")
         )
+        t = p.triton
+        served = (
+            f"{p.triton_client_ms:.1f} / {t['request_ms']:.1f} / {t['queue_ms']:.1f} "
+            f"/ {t['compute_ms']:.1f} ({t['sequences_per_request']:.0f})"
+            if t
+            else "no request"
+        )
         print(
             f"| {rate:,.0f} | {p.events:,} | {p.achieved_per_s:,.0f} "
             f"| {s50:,.0f} / {s95:,.0f} / {s99:,.0f} | {p.alerts} "
             f"| {a50:,.0f} / {a95:,.0f} / {a99:,.0f} "
             f"| {saturated} "
-            f"| {p.window_events:,.0f} | {stages} |",
+            f"| {p.window_events:,.0f} | {stages} ({p.stage_p99_ms.get('score', 0):.0f}) "
+            f"| {served} | {load} |",
             flush=True,
         )
+        rows.append(
+            rate_row(
+                rate,
+                p.score_ms,
+                achieved_events_per_s=round(p.achieved_per_s, 1),
+                saturated=p.saturated,
+                events_per_window=round(p.window_events, 1),
+                stage_ms={k: round(v, 2) for k, v in p.stage_ms.items()},
+                stage_p99_ms={k: round(v, 2) for k, v in p.stage_p99_ms.items()},
+                triton_client_ms=round(p.triton_client_ms, 2),
+                triton={k: round(v, 2) for k, v in p.triton.items()},
+                load=load,
+            )
+        )
+    if args.json:
+        print(json.dumps(latency_json(round(saturation, 1), rows)))
     return 0
+
+
+def _run_prefix() -> str:
+    return f"{uuid.uuid4().hex[:6]}-"
+
+
+def load_average() -> str:
+    """The 1-minute load average, printed with every figure: these cores are shared."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def _serving_command(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.bench.serving import bench_serving, ratios, rows_json, served_folder
+
+    folder = args.folder or served_folder(settings)
+    print(f"machine: {describe_machine()}; {load_average()}")
+    print(
+        f"version folder {folder}; {args.threads} thread(s) in process; "
+        f"{args.seconds:g} s per point\n"
+    )
+    print("| runtime | batch | calls | sequences/s | cores | sequences/s per core | load |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+
+    def show(row: ServingRow) -> None:
+        print(
+            f"| {row.runtime} | {row.batch} | {row.calls} | {row.sequences_per_s:,.0f} "
+            f"| {row.cores:g} | {row.sequences_per_s_per_core:,.0f} | {load_average()} |",
+            flush=True,
+        )
+
+    rows, missing = bench_serving(
+        settings,
+        folder=folder,
+        torch_from=args.torch_from,
+        runtimes=args.runtimes,
+        batches=args.batches,
+        threads=args.threads,
+        seconds=args.seconds,
+        triton_cores_given=args.triton_cores,
+        on_row=show,
+    )
+    against = ratios(rows)
+    if against:
+        print("\nper core, against ort_fp32 at the same batch:")
+        for (runtime, batch), ratio in sorted(against.items()):
+            print(f"  {runtime:>8} batch {batch:>4}: {ratio:.2f}x")
+    for line in missing:
+        print(f"NOT MEASURED {line}")
+    if args.json:
+        print(json.dumps(rows_json(rows)))
+    return 1 if missing else 0
 
 
 def _table_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -313,10 +405,61 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="stores to time the index rebuild from ('' for none)",
     )
     silent.set_defaults(handler=_silent_command)
+    serving = targets.add_parser(
+        "serving",
+        help="one version's sequences/s per core: torch eager, ORT fp32 and int8, Triton",
+        description="Per core: the torch and ORT rows run in this process on --threads "
+        "threads (torch.set_num_threads, ORT intra_op_num_threads) and are divided by that; "
+        "the triton row is divided by the cores its served config allows (instances x its "
+        "intra-op thread parameter, at most this machine's cores) or by --triton-cores. "
+        "Exits 1, naming why, when a runtime could not be measured.",
+    )
+    serving.add_argument("--batches", type=_int_list, default=[1, 16, 64, 256])
+    serving.add_argument(
+        "--runtimes",
+        type=lambda t: [part for part in t.split(",") if part],
+        default=list(RUNTIMES),
+        help=f"comma-separated, of {','.join(RUNTIMES)}",
+    )
+    serving.add_argument("--threads", type=int, default=1, help="in-process runtime threads")
+    serving.add_argument("--seconds", type=float, default=3.0, help="per point")
+    serving.add_argument(
+        "--folder", type=Path, default=None, help="format-2 version folder (default: served)"
+    )
+    serving.add_argument(
+        "--torch-from",
+        type=Path,
+        default=None,
+        help="format-1 folder with the torch weights (default: the one it was migrated from)",
+    )
+    serving.add_argument("--triton-cores", type=float, default=None)
+    serving.add_argument("--json", action="store_true", help="end with one JSON line of rows")
+    serving.set_defaults(handler=_serving_command)
     latency = targets.add_parser(
         "latency", help="event-to-score and event-to-alert latency at offered rates"
     )
-    latency.add_argument("--rates", type=_float_list, default=[500, 1000, 2000, 4000])
+    latency.add_argument(
+        "--rates",
+        type=_float_list,
+        default=None,
+        help="offered events/s, comma-separated (default: 1/4, 1/2 and 3/4 of the saturation, "
+        "each rounded down to 10)",
+    )
+    latency.add_argument(
+        "--saturation",
+        type=float,
+        default=None,
+        help="take this as the saturation rate instead of measuring it first",
+    )
+    latency.add_argument(
+        "--saturation-events",
+        type=int,
+        default=40_000,
+        help="events of the unpaced backlog that measures the saturation",
+    )
+    latency.add_argument(
+        "--json", action="store_true", help="end with one JSON line (saturation and rates)"
+    )
     latency.add_argument("--seconds", type=float, default=20.0, help="of events per rate")
     latency.add_argument("--users", type=int, default=5000)
     latency.add_argument("--days", type=int, default=3)

@@ -18,6 +18,15 @@ stage of `ScoringPipeline.process` (the whole run, warm-up window included).
 
 A rate is saturated when the worker finished more than two seconds after the last event was
 sent: its latency is then queueing and grows with the length of the run.
+
+Saturation itself (`measure_saturation`) is the achieved rate of a backlog sent unpaced: the
+most events/s the worker and Triton sustain on this machine, which the offered rates are
+then chosen against (`latency_report.default_rates`).
+
+Where a window's time goes on Triton's side comes from Triton's own counters, read before
+and after each rate: the dynamic batcher's queue, the backend's compute (for the python
+backend, its stub's IPC included) and the whole request; the worker's client-side request
+time (`clickscore_triton_latency_seconds`) less Triton's is gRPC and the client's Python.
 """
 
 from __future__ import annotations
@@ -32,6 +41,13 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from stream.bench.ceilings import percentile_ms
+from stream.bench.latency_report import (
+    TRITON_CLIENT,
+    TritonTimes,
+    histogram_mean_ms,
+    stage_quantiles_ms,
+    triton_times,
+)
 from stream.bench.worker import bench_settings
 from stream.contract.events import Event
 from stream.db.models import Alert
@@ -40,7 +56,7 @@ from stream.ops.promstats import parse_worker_metrics, stage_means
 from stream.ops.replay import replay
 from stream.ops.scrape import fetch_text, metrics_url
 from stream.scoring.scores import is_event_triggered
-from stream.settings import Settings
+from stream.settings import Settings, host_port
 from stream.sinks.postgres import create_engine
 from stream.stack import process
 from stream.stack.process import spawn_command
@@ -61,6 +77,9 @@ class LatencyPoint:
     drain_s: float  # last send -> last score needed
     window_events: float  # mean events per window, from the worker's metrics
     stage_ms: dict[str, float]  # mean ms per window in each pipeline stage
+    stage_p99_ms: dict[str, float]  # p99 ms per window in each stage (from the buckets)
+    triton_client_ms: float  # mean ms of one Triton request as the worker's client saw it
+    triton: dict[str, float]  # Triton's own figures per request (TritonTimes.per_request_ms)
 
     @property
     def saturated(self) -> bool:
@@ -118,6 +137,8 @@ async def measure_rate(
         warmup = Event("bench-warmup-1", WARMUP_USER, time.time_ns() // 1_000_000, "view")
         await replay(settings, [warmup], rate=0, shift_to_now=False)
         await wait_for_scores(settings, {WARMUP_USER: 1}, alive=alive, timeout_s=timeout_s)
+        triton_before = await asyncio.to_thread(_triton_times, settings)
+        worker_before = await asyncio.to_thread(fetch_text, metrics_url(settings))
 
         started = datetime.now(UTC)
         sending = asyncio.create_task(
@@ -134,6 +155,7 @@ async def measure_rate(
         await asyncio.sleep(ALERT_SETTLE_S)
         alert_s = await _alert_latencies(settings, started, sent_ms)
         text = await asyncio.to_thread(fetch_text, metrics_url(settings))
+        triton = (await asyncio.to_thread(_triton_times, settings)).minus(triton_before)
     finally:
         process.stop(settings.run_dir, worker.name)
 
@@ -148,7 +170,24 @@ async def measure_rate(
         drain_s=max(0.0, done_s - last_s),
         window_events=parse_worker_metrics(text).window_events.mean or 0.0,
         stage_ms={stage: mean * 1000 for stage, mean in stage_means(text).items()},
+        stage_p99_ms=stage_quantiles_ms(text, worker_before, 0.99),
+        triton_client_ms=histogram_mean_ms(text, worker_before, TRITON_CLIENT),
+        triton=triton.per_request_ms(),
     )
+
+
+async def measure_saturation(
+    settings: Settings, events: Sequence[Event], timeout_s: float
+) -> float:
+    """Events/s achieved on a backlog sent as fast as the producer can: the saturation rate."""
+    point = await measure_rate(settings, events, 0, timeout_s)
+    return point.achieved_per_s
+
+
+def _triton_times(settings: Settings) -> TritonTimes:
+    host, _ = host_port(settings.triton_http_url)
+    url = f"http://{host}:{settings.triton_metrics_port}/metrics"
+    return triton_times(fetch_text(url), settings.triton_model)
 
 
 async def _alert_latencies(
