@@ -156,6 +156,14 @@ class TritonSettings(CoreSettings):
     triton_model: str = Field("clickscore", description="Model name in the Triton repository.")
     triton_max_concurrency: int = Field(8, ge=1, description="In-flight Triton requests.")
     triton_timeout_s: float = Field(5.0, gt=0, description="Per-request Triton deadline.")
+    # Read by the clickscore backend inside Triton (stream/serving/backend.py), per loaded
+    # version: ORT's default takes every core, which Triton shares with the worker and broker.
+    serving_intra_op_threads: int = Field(
+        1, ge=1, description="ONNX Runtime threads within one operator, per served version."
+    )
+    serving_inter_op_threads: int = Field(
+        1, ge=1, description="ONNX Runtime threads across operators, per served version."
+    )
 
     model_repo: Path = Field(
         PROJECT_ROOT / "model_repo", description="Triton model repository served locally."

@@ -8,10 +8,11 @@ validation seeds (2 and 3: those `clickscore model head` picks the churn thresho
 trained on), folded through the worker's `apply_event`, and scored at every time the worker
 scores them: after each event, and at each silence level it re-scores a quiet user at
 (trainer/labels/scoring_points.py `scoring_points`), a silent point with the silence as one more
-row, as stream/scoring/idle.py sends it. Each version is scored in-process with its own
-exported code and weights (trainer/export.py `load`), and with its feature head where it has
-one, as its model.py does under Triton. A silent re-score keeps its last event's anomaly, so
-the anomaly reference counts event points only, as the worker does.
+row, as stream/scoring/idle.py sends it. Each version is scored in-process by exactly what
+Triton serves (stream/serving/version.py `ServedVersion`, through trainer/export `load`). A
+silent re-score keeps its last event's anomaly, so the anomaly reference counts event points
+only, as the worker does; a score the version does not serve (NaN) has no reference at all,
+so the worker's drift gauges have no series for it.
 
 The reference also carries the version's churn alert promise: the validation precision its
 threshold was picked at and the number of alerts behind it (model_config.json
@@ -38,10 +39,8 @@ from stream.contract.features import NAMES, stack_features
 from stream.contract.state import UserState, stack_padded
 from stream.datasets.synthetic import SyntheticConfig
 from trainer.export import load, read_meta, tokenisation
-from trainer.fit.encoder_training import predict
 from trainer.labels.scoring_points import ScoringRules, scoring_points, synthetic_users
 from trainer.labels.sequences import Examples
-from trainer.triton_model import head_scores
 
 VALIDATION_SEEDS = (2, 3)
 USERS, DAYS = 300, 7  # the demo's size (stream/demo/run.py)
@@ -79,18 +78,18 @@ def version_reference(folder: Path, seeds: tuple[int, ...] = VALIDATION_SEEDS) -
         tokens[silent] = silence_tokens(
             [states[i] for i in silent], [silent_ms[i] for i in silent], vocab, length
         )
-    scored = predict(load(folder), tokens.astype(np.int64), top_items=False)
-    churn, purchase = scored["churn"], scored["purchase"]
-    anomaly = scored["anomaly"].astype(np.float64)
+    features = stack_features(states, at_ms, vocab) if "feature_head" in meta else None
+    version = load(folder)
+    scored = [
+        version.score(tokens[i : i + 1024].astype(np.int64), None, part, k=0)
+        for i in range(0, len(tokens), 1024)
+        for part in [None if features is None else features[i : i + 1024]]
+    ]
+    churn, purchase, anomaly = (
+        np.concatenate([s[name][:, 0] for s in scored]).astype(np.float64)
+        for name in ("CHURN", "PURCHASE", "ANOMALY")
+    )
     anomaly[silent] = np.nan  # a silent re-score keeps its last event's anomaly
-    features = None
-    head = meta.get("feature_head")
-    if head is not None:
-        features = stack_features(states, at_ms, vocab)
-        churn, purchase = (
-            head_scores(head["churn"], features),
-            head_scores(head["purchase"], features),
-        )
     source = {
         "data": "synthetic validation users",
         "users": USERS,
@@ -105,6 +104,8 @@ def version_reference(folder: Path, seeds: tuple[int, ...] = VALIDATION_SEEDS) -
 def validation_reference(folder: Path, model: Any, validation: Examples) -> Reference:
     """A version `clickscore train` just exported, on its own validation examples (the
     network scores churn and purchase: no feature head, so no features are read)."""
+    from trainer.fit.encoder_training import predict
+
     scored = predict(model, validation.tokens, top_items=False)
     source = {"data": "the version's validation examples", "rows": len(validation)}
     scores = (scored["churn"], scored["purchase"], scored["anomaly"])
@@ -118,13 +119,14 @@ def reference_of(
     features: npt.NDArray[np.floating[Any]] | None,
     source: dict[str, Any],
 ) -> Reference:
-    churn, purchase, anomaly = scores
+    named = zip(("churn_risk", "purchase_intent", "anomaly"), scores, strict=True)
     return Reference(
         version=version,
+        # A score with no finite value is one the version does not serve: no reference.
         scores={
-            "churn_risk": Histogram.of(churn),
-            "purchase_intent": Histogram.of(purchase),
-            "anomaly": Histogram.of(anomaly),
+            name: Histogram.of(values)
+            for name, values in named
+            if np.isfinite(np.asarray(values, dtype=np.float64)).any()
         },
         features={}
         if features is None

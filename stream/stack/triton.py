@@ -1,10 +1,11 @@
 """The local Triton server: `tritonserver` from the `nvidia-pytriton` wheel, python backend.
 
 Run standalone against our classic model repository it needs three things computed from
-this interpreter (nothing hard-coded): a backend directory holding the python backend and
-the stub built for our Python version, `LD_LIBRARY_PATH` with our libpython before the
-wheel's bundled libraries, and our venv's `bin` first on `PATH` so the stub's interpreter
-imports our numpy and torch.
+this interpreter (nothing hard-coded): a backend directory holding the python backend, the
+stub built for our Python version and the python-based backend `clickscore` (its model.py
+imports stream/serving/backend.py, the one serving module of every version), `LD_LIBRARY_PATH`
+with our libpython before the wheel's bundled libraries, and our venv's `bin` first on `PATH`
+so the stub's interpreter imports our numpy, onnxruntime and this package.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from stream.settings import StackSettings, host_port
 from stream.stack.process import StackError
 
 NAME = "triton"
+BACKEND = "clickscore"
+BACKEND_MODEL = (
+    '"""The clickscore backend (written by stream/stack/triton.py)."""\n'
+    "from stream.serving.backend import TritonPythonModel  # noqa: F401\n"
+)
 INSTALL_HINT = (
     "install it with `pip install 'nvidia-pytriton==0.7.0' 'numpy<2'` "
     "(the [model] extra; `make test` and `make demo` do)"
@@ -64,6 +70,11 @@ def prepare_backend_dir(install: TritonInstall, run_dir: Path) -> Path:
         link.unlink(missing_ok=True)
         link.symlink_to(install.python_backend / name)
     shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
+    # A python-based backend (config.pbtxt `backend: "clickscore"`): Triton runs its model.py
+    # with the python backend above, for every model and version that names it.
+    clickscore = backends / BACKEND
+    clickscore.mkdir(exist_ok=True)
+    (clickscore / "model.py").write_text(BACKEND_MODEL)
     return backends
 
 
