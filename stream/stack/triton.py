@@ -65,10 +65,12 @@ def prepare_backend_dir(install: TritonInstall, run_dir: Path) -> Path:
     backends = run_dir / "triton-backends"
     python_dir = backends / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
+    # Copies, not links: Triton refuses a python-based backend (clickscore below) whose
+    # libtriton_python.so resolves outside the backend directory.
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        link = python_dir / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(install.python_backend / name)
+        target = python_dir / name
+        target.unlink(missing_ok=True)
+        shutil.copy2(install.python_backend / name, target)
     shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
     # A python-based backend (config.pbtxt `backend: "clickscore"`): Triton runs its model.py
     # with the python backend above, for every model and version that names it.
