@@ -1,4 +1,5 @@
-"""`clickscore train` and `clickscore model status|rollback`, registered by stream/cli.py.
+"""`clickscore train` and `clickscore model status|rollback|reference`, registered by
+stream/cli.py.
 
 Handlers take (settings, args) and return an exit code; TrainerSettings are built by the caller.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -37,12 +40,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     train.add_argument("--every", type=duration_s, help="keep refreshing, e.g. 6h")
     train.add_argument("--tiny", action="store_true", help="the small CPU smoke-test model")
-    train.add_argument("--lora", action="store_true", help="LoRA fine-tuning (peft)")
     train.add_argument("--users", type=int, default=2000, help="synthetic users")
     train.add_argument("--days", type=int, default=14, help="synthetic days")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
-        "--no-promote", action="store_true", help="only write the candidate under the store"
+        "--no-promote",
+        action="store_true",
+        help="gate and report only: the candidate stays under the store, nothing is served",
+    )
+    train.add_argument(
+        "--json", action="store_true", help="print the gate as one JSON object, last line"
     )
     train.set_defaults(handler=run_train)
 
@@ -54,19 +61,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     actions.add_parser("rollback", help="serve the previous version again").set_defaults(
         handler=run_rollback
     )
-    thresholds = actions.add_parser(
-        "thresholds",
-        help="pick and store a version's churn (or, --kind anomaly, anomaly) alert threshold "
-        "on validation users",
-    )
-    thresholds.add_argument("--version", type=int, help="default: the served version")
-    from trainer.anomaly_command import add_anomaly_arguments
-
-    add_anomaly_arguments(thresholds)
-    thresholds.set_defaults(handler=run_thresholds)
-    from trainer.head_command import add_head_parser
-
-    add_head_parser(actions)
     reference = actions.add_parser(
         "reference",
         help="write a version's reference distributions of its scores and behaviour features "
@@ -76,10 +70,14 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     chosen.add_argument("--version", type=int, help="default: the served version")
     chosen.add_argument("--all", action="store_true", help="every version in the repository")
     reference.set_defaults(handler=run_reference)
+    from trainer.export.commands import add_migrate_parser  # the serving helper's command
+
+    add_migrate_parser(actions)
 
 
 def _train_args(args: argparse.Namespace) -> object:
-    from trainer.refresh import TrainArgs
+    from trainer.history import Source
+    from trainer.pipeline import TrainArgs
 
     source = args.data
     if source[0] in ("synthetic", "topic") and len(source) == 1:
@@ -88,41 +86,47 @@ def _train_args(args: argparse.Namespace) -> object:
         data, path = source[0], Path(source[1])
     else:
         raise SystemExit("--data takes synthetic, topic, or FORMAT PATH")
-    return TrainArgs(
-        data=data,
-        path=path,
-        users=args.users,
-        days=args.days,
-        seed=args.seed,
-        tiny=args.tiny,
-        lora=args.lora,
-        promote=not args.no_promote,
-    )
+    chosen = Source(data=data, path=path, users=args.users, days=args.days, seed=args.seed)
+    return TrainArgs(source=chosen, tiny=args.tiny, promote=not args.no_promote)
+
+
+def limit_threads(settings: TrainerSettings) -> None:
+    """BLAS and OpenMP pools at settings.train_threads, set before torch or numpy's BLAS
+    starts them: idle pool threads spin waiting for work, and on a shared 2-core machine that
+    spinning was most of a tiny run's time (BENCHMARKS.md, trainer threads)."""
+    threads = str(settings.train_threads)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = threads
+    # Idle OpenMP threads sleep at once rather than spin (GNU and LLVM OpenMP read these).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 
 def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from stream.console import StepBars
-    from trainer import promote
-    from trainer.refresh import TrainArgs, train_candidate
+    limit_threads(settings)
+    from trainer.history import HistoryRefused
+    from trainer.pipeline import TrainArgs, run
 
     train_args = _train_args(args)
     assert isinstance(train_args, TrainArgs)
     while True:
         started = time.monotonic()
-        with StepBars() as bars:
-            folder, heldout = train_candidate(settings, train_args, bars.advance)
-        print(f"candidate {folder}")
-        if train_args.promote:
-            result = asyncio.run(promote.promote(settings, folder, heldout))
-            verdict = "promoted" if result.promote else "rejected"
-            print(f"{verdict} v{folder.name}: {result.reason}")
+        try:
+            result = run(settings, train_args)
+            doc = result.to_json()
+            print(f"candidate v{result.version} ({result.folder}): {result.reason}")
+        except HistoryRefused as refused:
+            doc = {"version": None, "promoted": False, "reason": refused.reason, "tasks": {}}
+            print(f"refused: {refused.reason}")
+        if args.json:
+            print(json.dumps(doc, sort_keys=True))
         if args.every is None:
-            return 0
+            return 0 if doc["version"] is not None else 2
         time.sleep(max(0.0, args.every - (time.monotonic() - started)))
 
 
 def run_status(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer import promote
+    from trainer import publish as promote
     from trainer.export import versions
 
     print(
@@ -133,16 +137,18 @@ def run_status(settings: TrainerSettings, args: argparse.Namespace) -> int:
         f"set aside: {versions(promote.store_dir(settings))}"
     )
     for row in asyncio.run(promote.table(settings)):
-        auc = row.metrics.get("gate", row.metrics).get(settings.promotion_metric)
-        print(
-            f"v{row.version} {row.status:12} {settings.promotion_metric}={auc} "
-            f"promoted_at={row.promoted_at}"
+        gate = row.metrics.get("gate", {})
+        verdicts = ", ".join(
+            f"{task} {entry['verdict']}"
+            for task, entry in gate.items()
+            if isinstance(entry, dict) and "verdict" in entry
         )
+        print(f"v{row.version} {row.status:12} promoted_at={row.promoted_at} {verdicts}")
     return 0
 
 
 def run_rollback(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer import promote
+    from trainer import publish as promote
 
     try:
         bad, previous = asyncio.run(promote.rollback(settings))
@@ -153,41 +159,8 @@ def run_rollback(settings: TrainerSettings, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_thresholds(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer import promote
-    from trainer.export import read_meta
-    from trainer.refresh import store_thresholds
-
-    if getattr(args, "kind", "churn") == "anomaly":
-        from trainer.anomaly_command import run_anomaly_threshold
-
-        return run_anomaly_threshold(settings, args)
-    found = promote.version_dir(settings, args.version)
-    if found is None:
-        print("no served version")
-        return 1
-    version, folder = found
-    if "feature_head" in read_meta(folder):
-        print(
-            f"v{version} scores churn with its feature head; its threshold comes from "
-            "`clickscore model head`, which measured it per user"
-        )
-        return 1
-    picked = store_thresholds(settings, folder)["churn"]
-    if picked.get("threshold") is None:
-        print(f"v{version}: no churn threshold reaches precision {picked['target_precision']}")
-    else:
-        print(
-            f"v{version}: churn alerts at {picked['threshold']:.3f} for precision "
-            f"{picked['target_precision']} (validation: precision "
-            f"{picked['validation_precision']:.2f}, recall {picked['validation_recall']:.2f}, "
-            f"base rate {picked['validation_base_rate']:.2f}); reload the model to serve it"
-        )
-    return 0
-
-
 def run_reference(settings: TrainerSettings, args: argparse.Namespace) -> int:
-    from trainer import promote
+    from trainer import publish as promote
     from trainer.export import versions
     from trainer.reference import write_reference
 

@@ -1,23 +1,23 @@
-"""The promotion gate, hot swap, rollback and the model_versions table.
+"""The pipeline's last step: publish a gated candidate, and the model_versions table.
 
-A candidate is exported under settings.model_store (never into the served repository), scored
-on the same held-out examples as the serving version (each from its own version folder), and
-moved into the repository only when it is not worse than the serving one by more than
-promotion_margin on promotion_metric. Triton (explicit model control, `latest` version policy)
-then loads it through the repository API; the old version serves until the new one is ready.
-A rollback moves the serving folder back out of the repository and loads again, so the
-previous version becomes the latest: no config override (STACK.md: after an override, plain
-loads can be ignored until a file changes).
+A candidate is exported under settings.model_store (never into the served repository) and
+gated there (trainer/gate.py). A promoted one is moved into the repository in one rename
+(`move_into_repository`), Triton (explicit model control, `latest` version policy) loads it
+through the repository API, and the old version serves until the new one is ready; a refused
+one stays in the store with a `rejected` row. A rollback moves the serving folder back out of
+the repository and loads again, so the previous version becomes the latest: no config
+override (STACK.md: after an override, plain loads can be ignored until a file changes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import shutil
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,22 +27,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stream.db.models import ModelVersion
 from stream.settings import TrainerSettings
-from trainer.evaluate.metrics import classification_metrics
-from trainer.export import load, read_meta, versions
-from trainer.fit.encoder import ClickscoreModel
-from trainer.fit.encoder_training import predict
-from trainer.labels.sequences import Examples
+from trainer.export import read_meta, versions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GateResult:
-    promote: bool
-    metric: str
-    candidate: float
-    serving: float | None
-    reason: str
 
 
 def served_dir(settings: TrainerSettings) -> Path:
@@ -64,41 +51,6 @@ def version_dir(settings: TrainerSettings, version: int | None) -> tuple[int, Pa
     no version is given and none is serving."""
     version = version or serving_version(settings)
     return None if version is None else (version, served_dir(settings) / str(version))
-
-
-def metrics_of(model: ClickscoreModel, heldout: Examples) -> dict[str, float]:
-    scores = predict(model, heldout.tokens, top_items=False)
-    out: dict[str, float] = {}
-    for task in ("churn", "purchase"):
-        for name, value in classification_metrics(getattr(heldout, task), scores[task]).items():
-            out[f"{task}_{name}"] = value
-    out["mean_roc_auc"] = (out["churn_roc_auc"] + out["purchase_roc_auc"]) / 2
-    return out
-
-
-def heldout_metrics(folder: Path, heldout: Examples) -> dict[str, float]:
-    """A version folder's model, scored in-process with its own code on held-out examples."""
-    return metrics_of(load(folder), heldout)
-
-
-def gate(
-    settings: TrainerSettings, candidate: Path, heldout: Examples
-) -> tuple[GateResult, dict[str, float]]:
-    metric = settings.promotion_metric
-    cand = heldout_metrics(candidate, heldout)
-    current = serving_version(settings)
-    if current is None:
-        return GateResult(True, metric, cand[metric], None, "nothing is serving"), cand
-    if not (served_dir(settings) / str(current) / "weights.pt").is_file():
-        return GateResult(True, metric, cand[metric], None, f"v{current} is no trained model"), cand
-    serving = heldout_metrics(served_dir(settings) / str(current), heldout)[metric]
-    ok = cand[metric] >= serving - settings.promotion_margin
-    verdict = "not worse" if ok else "worse"
-    reason = (
-        f"{metric} {cand[metric]:.4f} vs serving v{current} {serving:.4f}: {verdict} "
-        f"(margin {settings.promotion_margin})"
-    )
-    return GateResult(ok, metric, cand[metric], serving, reason), cand
 
 
 def load_in_triton(settings: TrainerSettings, timeout_s: float = 120.0) -> None:
@@ -179,27 +131,64 @@ async def table(settings: TrainerSettings) -> list[ModelVersion]:
         await engine.dispose()
 
 
-async def promote(
-    settings: TrainerSettings, candidate: Path, heldout: Examples, *, reload: bool = True
-) -> GateResult:
-    """Gate the candidate (a folder under the store); promote, load and record it, or not."""
-    result, metrics = gate(settings, candidate, heldout)
+def clean_stale(settings: TrainerSettings) -> list[Path]:
+    """Remove `.N.tmp` staging folders a killed run left in the store or the repository
+    (export and publish write there first, then rename): nothing reads them."""
+    removed = []
+    for base in (store_dir(settings), served_dir(settings)):
+        if base.is_dir():
+            for path in base.glob(".*.tmp"):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        log.warning("removed stale staging folders %s", [str(p) for p in removed])
+    return removed
+
+
+def move_into_repository(settings: TrainerSettings, candidate: Path) -> Path:
+    """The candidate folder (in the store) becomes a version of the repository in one rename;
+    across file systems it is copied to a staging name in the repository first, so Triton never
+    sees a half-written version. An existing version folder is never written into."""
+    target = served_dir(settings) / candidate.name
+    if target.exists():
+        raise FileExistsError(f"{target} exists: a version folder is never written into")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(candidate, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(candidate, staging)
+        os.rename(staging, target)
+        shutil.rmtree(candidate)
+    return target
+
+
+async def publish(
+    settings: TrainerSettings,
+    candidate: Path,
+    promote: bool,
+    metrics: dict[str, Any],
+    *,
+    reload: bool = True,
+) -> None:
+    """A gated candidate (a folder under the store): move it into the repository, load it in
+    Triton and record it as serving; or record it as rejected, leaving it in the store."""
     meta = read_meta(candidate)
-    metrics_doc = {**meta["metrics"], "gate": {**metrics, "reason": result.reason}}
     version = int(candidate.name)
     vocab_version = meta["vocabulary"]["version"]
-    if not result.promote:
-        await record(settings, version, "rejected", metrics_doc, vocab_version)
-        return result
+    if not promote:
+        await record(settings, version, "rejected", metrics, vocab_version)
+        return
     previous = serving_version(settings)
-    target = served_dir(settings) / candidate.name
-    shutil.move(str(candidate), str(target))
+    move_into_repository(settings, candidate)
     if reload:
         await asyncio.to_thread(load_in_triton, settings)
-    await record(settings, version, "serving", metrics_doc, vocab_version)
+    await record(settings, version, "serving", metrics, vocab_version)
     if previous is not None:
         await set_status(settings, previous, "retired")
-    return result
 
 
 async def rollback(settings: TrainerSettings) -> tuple[int, int]:

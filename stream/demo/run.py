@@ -132,15 +132,18 @@ def _has_model(settings: Settings) -> bool:
 
 
 def _train_first_model(settings: Settings, options: DemoOptions, bars: StepBars) -> None:
-    """Train, export and record version 1 (nothing serves, so nothing to gate against).
-    Triton is not up yet: it loads the new version when it starts."""
-    from trainer import promote
-    from trainer.refresh import TrainArgs, train_candidate
+    """Train version 1 through `clickscore train`'s pipeline (trainer/pipeline.py): nothing
+    serves, so each task's verdict is "new" and only the value floors can refuse it. Triton
+    is not up yet: it loads the new version when it starts."""
+    from trainer.history import Source
+    from trainer.pipeline import TrainArgs, run
 
-    # The small model (about a minute on two cores); `clickscore train` builds the full one.
-    args = TrainArgs(users=options.first_model_users, days=14, seed=options.seed, tiny=True)
-    folder, heldout = train_candidate(settings, args, bars.advance)
-    asyncio.run(promote.promote(settings, folder, heldout, reload=False))
+    # The small networks (a minute or two on two cores); `clickscore train` builds the full ones.
+    source = Source(users=options.first_model_users, days=14, seed=options.seed)
+    with bars.step("first model: the training pipeline"):
+        result = run(settings, TrainArgs(source=source, tiny=True))
+    if not result.promoted:
+        raise SystemExit(f"the first model was not served: {result.reason}")
 
 
 def _start_stack(settings: Settings, options: DemoOptions) -> None:

@@ -17,7 +17,7 @@ from tests.conftest import make_settings
 from trainer.fit import encoder as model
 from trainer.fit.encoder_training import fit, predict
 from trainer.labels import sequences as data
-from trainer.refresh import TrainArgs, alert_thresholds, configs, load_events, split
+from trainer.fit.encoder_data import TrainArgs, alert_thresholds, configs, load_events, split
 
 VOCAB = tk.Vocabulary()
 DAY = 86_400_000
