@@ -2,10 +2,10 @@
 
 One run measures both, on the same machine and the same version folder:
 
-- in process: the served version's network (built from its own network.py, as Triton
-  builds it) runs `ClickscoreModel.score` on full-length sequences at each batch size, on the
-  device (half precision on a GPU, as `model.py` serves it), timed with CUDA events on a
-  GPU and the wall clock on the CPU, median of `repeats` calls after a warm-up;
+- in process: the served version as Triton runs it (stream/serving/version.py
+  `ServedVersion.score`, ONNX Runtime with the CUDA provider on a GPU) on full-length
+  sequences at each batch size, timed with the wall clock (outputs back on the host),
+  median of `repeats` calls after a warm-up;
 - through Triton: `bench triton`'s closed-loop gRPC clients at each batch size and
   concurrency, of which the best sequences/s per batch is set against the ceiling.
 
@@ -82,49 +82,36 @@ def served_max_batch_size(settings: Settings) -> int:
 def in_process_ceiling(
     folder: Path, batches: list[int], device_name: str, repeats: int, compile: bool = False
 ) -> tuple[str, str, list[CeilingPoint]]:
-    """(device, dtype, points): `score` of the version in `folder`, timed per batch size."""
-    import torch
+    """(device, dtype, points): the version's `ServedVersion.score`, timed per batch size."""
+    import numpy as np
+    import onnxruntime as ort
 
-    from trainer.export import load
+    from stream.serving.version import ServedVersion
 
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    model = load(folder).to(device)
-    gpu = device.type == "cuda"
-    if gpu:
-        model = model.half()  # as model.py serves it on a GPU
-    score = model.score
     if compile:
-        if not gpu:
-            raise ValueError(
-                "--compile is measured on a GPU only (model.py never compiles on a CPU)"
-            )
-        score = torch.compile(model.score, dynamic=True)  # as model.py would
+        raise ValueError("--compile is gone: versions are ONNX graphs, served by ONNX Runtime")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device_name == "auto":
+        device_name = "cuda" if cuda else "cpu"
+    providers = ("CUDAExecutionProvider",) if device_name.startswith("cuda") else ()
+    version = ServedVersion.load(folder, providers=(*providers, "CPUExecutionProvider"))
+    rng = np.random.default_rng(0)
     points: list[CeilingPoint] = []
     for batch in batches:
-        length = model.config.sequence_length
-        tokens = torch.from_numpy(sample_tokens(batch, length)).to(device)
+        tokens = sample_tokens(batch, version.sequence_length).astype(np.int64)
+        hashes = rng.integers(1, 2**31, size=tokens.shape[:2], dtype=np.int64)
+        width = version.feature_count
+        features = rng.normal(size=(batch, width)).astype(np.float32) if width else None
         times_ms: list[float] = []
-        with torch.inference_mode():
-            for _ in range(3):  # warm-up: allocator, kernels, caches
-                score(tokens)
-            for _ in range(repeats):
-                if gpu:
-                    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-                    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-                    start.record()
-                    score(tokens)
-                    end.record()
-                    torch.cuda.synchronize(device)
-                    times_ms.append(start.elapsed_time(end))
-                else:
-                    began = time.perf_counter()
-                    score(tokens)
-                    times_ms.append((time.perf_counter() - began) * 1000)
+        for _ in range(3):  # warm-up: allocator, kernels, caches
+            version.score(tokens, hashes, features, 10)
+        for _ in range(repeats):
+            began = time.perf_counter()
+            version.score(tokens, hashes, features, 10)  # outputs come back to the host
+            times_ms.append((time.perf_counter() - began) * 1000)
         median = statistics.median(times_ms)
         points.append(CeilingPoint(batch, median, batch / (median / 1000)))
-    return str(device), "float16" if gpu else "float32", points
+    return device_name, "float32", points
 
 
 async def gpu_bench(

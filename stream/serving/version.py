@@ -204,7 +204,8 @@ class ServedVersion:
             if hashes is None:  # no items known: the event types and gaps still count
                 hashes = np.zeros(tokens.shape[:2], dtype=np.int64)
             item_ids = self.items.ids(hashes)
-            ids, scores = None, None
+            ids: Array | None = None
+            scores: Array | None = None
             if self.next_event is not None:
                 ids, scores, buy = self.next_event.run(
                     None,
@@ -217,7 +218,7 @@ class ServedVersion:
                 purchase = buy.reshape(rows, 1).astype(np.float32)
             if self.knn is not None:
                 knn_ids, knn_scores = self.knn.recommend(item_ids, k)
-                if ids is None:
+                if ids is None or scores is None:
                     ids, scores = knn_ids, knn_scores
                 else:
                     from stream.serving.session_knn import blend_top

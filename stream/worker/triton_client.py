@@ -51,7 +51,7 @@ ITEM_INPUT = "ITEM_HASHES"
 FEATURE_INPUT = "FEATURES"
 FEATURE_SCHEMA = "feature_schema"  # the config.pbtxt parameter naming FEATURES' schema
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
-# The served version's churn alert threshold, per row (trainer/triton_model.py). Requested
+# The served version's churn alert threshold, per row (stream/serving/version.py). Requested
 # only from a model whose config declares it; rows of a model without it get NaN.
 THRESHOLD = "CHURN_THRESHOLD"
 # The served version's anomaly alert threshold, per row, likewise; a version folder older than

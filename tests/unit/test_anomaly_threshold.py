@@ -48,7 +48,7 @@ def test_saturated_scores_reach_no_threshold_and_the_best_is_reported() -> None:
 
 
 def test_a_versions_anomaly_threshold_as_triton_returns_it() -> None:
-    from trainer.triton_model import alert_threshold
+    from stream.serving.version import alert_threshold
 
     assert math.isnan(alert_threshold({}, "anomaly"))  # none: the worker's setting applies
     assert math.isnan(alert_threshold({"alert_thresholds": {"churn": {}}}, "anomaly"))

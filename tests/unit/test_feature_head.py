@@ -1,12 +1,11 @@
 """The served feature head: exported numbers that give the fitted model's probabilities, and the
-served version's Triton model answering with them (run in process with a stand-in for Triton's
-python-backend utilities)."""
+clickscore backend answering with them for the served version (run in process with a stand-in
+for Triton's python-backend utilities)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+import math
 import types
 from typing import Any
 
@@ -27,7 +26,7 @@ from trainer import export
 from trainer.fit.feature_head import CANDIDATES, FeatureHead, fit_head, pick_head
 
 MODEL = PROJECT_ROOT / "model_repo" / "clickscore"
-SERVED = MODEL / "6"
+SERVED = MODEL / "7"
 
 
 def rows(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -97,17 +96,21 @@ def _stand_in_pb_utils() -> types.ModuleType:
 
 
 def _served_model(monkeypatch: pytest.MonkeyPatch, schema: str | None = None) -> Any:
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _stand_in_pb_utils())
-    spec = importlib.util.spec_from_file_location("clickscore_v6_entry", SERVED / "model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from stream.serving import backend as module
+
+    monkeypatch.setattr(module, "pb_utils", _stand_in_pb_utils())
     config = text_format.Parse((MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     if schema is not None:
         config.parameters["feature_schema"].string_value = schema
     as_triton_gives_it = json_format.MessageToDict(config, preserving_proto_field_name=True)
     model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps(as_triton_gives_it)})
+    model.initialize(
+        {
+            "model_config": json.dumps(as_triton_gives_it),
+            "model_repository": str(MODEL),
+            "model_version": SERVED.name,
+        }
+    )
     return model
 
 
@@ -148,28 +151,21 @@ def test_the_served_version_scores_churn_and_purchase_from_features(
         np.testing.assert_allclose(answered.outputs[output][:, 0], expected, rtol=1e-5)
     threshold = meta["alert_thresholds"]["churn"]["threshold"]
     np.testing.assert_allclose(answered.outputs["CHURN_THRESHOLD"][:, 0], threshold, rtol=1e-6)
-    # Anomaly and next items stay the network's, with or without features.
-    network = export.load(SERVED)
-    import torch
-
-    with torch.inference_mode():
-        scores = network.score(torch.from_numpy(tokens))
-    np.testing.assert_allclose(answered.outputs["ANOMALY"][:, 0], scores.anomaly, rtol=1e-5)
-    np.testing.assert_allclose(old_worker.outputs["ANOMALY"], answered.outputs["ANOMALY"])
+    # Next items come from the network with or without features, named from items.json.
     assert (old_worker.outputs["NEXT_ITEMS"] == answered.outputs["NEXT_ITEMS"]).all()
-    # A request without features (an older worker) gets the network's churn, no threshold.
-    np.testing.assert_allclose(old_worker.outputs["CHURN"][:, 0], scores.churn, rtol=1e-5)
-    assert np.isnan(old_worker.outputs["CHURN_THRESHOLD"]).all()
-    # The anomaly threshold belongs to the network's score: the same with or without features
-    # (infinity where no threshold reached the target precision: no model anomaly alert).
-    from trainer.triton_model import alert_threshold
-
-    anomaly_threshold = alert_threshold(meta, "anomaly")
-    assert "anomaly" in meta["alert_thresholds"]
+    known = set(json.loads((SERVED / "items.json").read_text())["items"])
+    assert {n.decode() for n in answered.outputs["NEXT_ITEMS"].ravel()} <= known
+    probs = answered.outputs["NEXT_ITEM_PROBS"]
+    assert (np.diff(probs, axis=1) <= 0).all() and (probs > 0).all()
+    assert np.isfinite(answered.outputs["NEXT_PURCHASE"]).all()
+    # Anomaly is not served (its threshold is null): NaN, and a threshold no score reaches.
+    assert meta["served"]["anomaly"] is None and not (SERVED / "encoder.onnx").exists()
     for response in (answered, old_worker):
-        served = response.outputs["ANOMALY_THRESHOLD"]
-        assert served.shape == (len(states), 1)
-        np.testing.assert_allclose(served[:, 0], anomaly_threshold, rtol=1e-6)
+        assert np.isnan(response.outputs["ANOMALY"]).all()
+        assert (response.outputs["ANOMALY_THRESHOLD"] == math.inf).all()
+    # A request without features (an older worker): the feature head cannot score it.
+    assert np.isnan(old_worker.outputs["CHURN"]).all()
+    assert np.isnan(old_worker.outputs["PURCHASE"]).all()
     # Features of the wrong width: that request alone is refused.
     assert refused.error is not None and refused.error.code == "INVALID_ARG"
     assert f"({1}, {len(NAMES)})" in refused.error.message

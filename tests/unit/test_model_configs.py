@@ -14,13 +14,16 @@ def parse(name: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse((MODEL / name).read_text(), model_config_pb2.ModelConfig())
 
 
-def test_the_gpu_config_batches_what_fills_a_gpu_and_compiles_nothing_by_default() -> None:
+def test_the_gpu_config_batches_what_fills_a_gpu() -> None:
     config = parse("config.gpu.pbtxt")
     assert config.max_batch_size >= 4096
     preferred = list(config.dynamic_batching.preferred_batch_size)
     assert preferred == sorted(preferred) and preferred[-1] <= config.max_batch_size
     assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
-    assert config.parameters["torch_compile"].string_value == "false"
+
+
+def test_both_configs_name_the_one_clickscore_backend() -> None:
+    assert parse("config.pbtxt").backend == parse("config.gpu.pbtxt").backend == "clickscore"
 
 
 def test_both_configs_declare_the_same_interface() -> None:
@@ -30,17 +33,20 @@ def test_both_configs_declare_the_same_interface() -> None:
     assert cpu.max_batch_size >= Settings.model_fields["batch_size"].default
 
 
-def test_the_served_version_runs_the_exported_entry_and_takes_the_workers_features() -> None:
+def test_the_served_version_is_data_only_and_takes_the_workers_features() -> None:
     from stream.contract.features import FeatureSchema
     from stream.contract.tokenizer import Vocabulary
-    from trainer.export import TRITON_ENTRY, read_meta
+    from trainer.export import read_meta
 
     served = max((p for p in MODEL.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    assert served.name == "6"
-    # The version folder holds a copy of trainer/triton_model.py, not a fork of it.
-    assert (served / "model.py").read_text() == TRITON_ENTRY.read_text()
-    schema = FeatureSchema(Vocabulary.from_dict(read_meta(served)["vocabulary"]))
-    assert read_meta(served)["feature_head"]["schema"]["version"] == schema.version
+    assert served.name == "7"
+    meta = read_meta(served)
+    assert meta["format"] == 2 and meta["migrated_from"] == 6
+    # No code and no torch weights: the serving code exists once, in stream/serving/.
+    names = {p.name for p in served.iterdir()}
+    assert names == {"model_config.json", "next_event.onnx", "items.json", "reference.json"}
+    schema = FeatureSchema(Vocabulary.from_dict(meta["vocabulary"]))
+    assert meta["feature_head"]["schema"]["version"] == schema.version
     for name in ("config.pbtxt", "config.gpu.pbtxt"):
         config = parse(name)
         [features] = [i for i in config.input if i.name == "FEATURES"]
@@ -49,20 +55,18 @@ def test_the_served_version_runs_the_exported_entry_and_takes_the_workers_featur
         assert config.parameters["feature_schema"].string_value == schema.version
 
 
-def test_every_version_folder_answers_every_output_the_shared_config_declares() -> None:
-    """One config serves every version, so a rollback to an older folder must still answer
-    each declared output (Triton refuses a response without a requested one)."""
-    import ast
+def test_every_version_folder_is_format_2_and_the_backend_answers_every_declared_output() -> None:
+    """One config and one backend serve every version, so a rollback to an older folder must
+    still load (format 2) and answer each declared output (Triton refuses a response
+    without a requested one)."""
+    import json
+
+    from stream.serving.backend import OUTPUTS
 
     declared = {o.name for o in parse("config.pbtxt").output}
+    assert declared <= set(OUTPUTS), sorted(declared - set(OUTPUTS))
     folders = sorted(p for p in MODEL.iterdir() if p.is_dir())
     assert folders
     for folder in folders:
-        tree = ast.parse((folder / "model.py").read_text())
-        answered: set[str] = set()
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
-                names = {t.id for t in node.targets if isinstance(t, ast.Name)}
-                if names & {"OUTPUTS", "NEXT_OUTPUTS"}:
-                    answered |= {ast.literal_eval(e) for e in node.value.elts}
-        assert declared <= answered, (folder.name, sorted(declared - answered))
+        assert json.loads((folder / "model_config.json").read_text())["format"] == 2, folder
+        assert not [p.name for p in folder.iterdir() if p.suffix in (".py", ".pt")], folder

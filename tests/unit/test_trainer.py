@@ -107,11 +107,13 @@ def test_tiny_training_beats_chance() -> None:
 
 
 def test_a_versions_churn_threshold_as_triton_returns_it() -> None:
-    from trainer.triton_model import churn_threshold
+    from stream.serving.version import alert_threshold
 
-    assert math.isnan(churn_threshold({}))  # exported before thresholds: the setting applies
-    assert churn_threshold({"alert_thresholds": {"churn": {"threshold": None}}}) == math.inf
-    assert churn_threshold({"alert_thresholds": {"churn": {"threshold": 0.64}}}) == 0.64
+    assert math.isnan(alert_threshold({}, "churn"))  # none: the worker's setting applies
+    assert (
+        alert_threshold({"alert_thresholds": {"churn": {"threshold": None}}}, "churn") == math.inf
+    )
+    assert alert_threshold({"alert_thresholds": {"churn": {"threshold": 0.64}}}, "churn") == 0.64
 
 
 def _left_padded(lengths: list[int], config: model.ModelConfig, seed: int) -> torch.Tensor:

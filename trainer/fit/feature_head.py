@@ -2,7 +2,7 @@
 
 The features are stream/contract/features.py's, computed from the user state the worker
 keeps; the head is fitted here with scikit-learn and exported as plain numbers (mean, scale,
-coefficients, intercept) that trainer/triton_model.py `head_scores` applies with numpy, so
+coefficients, intercept) that stream/serving/version.py `head_scores` applies with numpy, so
 the Triton model carries no scikit-learn. A few regularisations are tried and the one with
 the best ROC-AUC + PR-AUC on validation rows is kept.
 """
@@ -17,7 +17,7 @@ import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from trainer.triton_model import head_scores
+from stream.serving.version import head_scores
 
 Array = npt.NDArray[np.float64]
 # Inverse regularisation strengths tried; the pick is made on validation rows only.
@@ -33,7 +33,7 @@ class FeatureHead:
     candidate: str
 
     def scores(self, x: npt.ArrayLike) -> Array:
-        """Exactly what the served model computes (trainer/triton_model.py head_scores)."""
+        """Exactly what the served model computes (stream/serving/version.py head_scores)."""
         return head_scores(self.to_dict(), np.asarray(x, dtype=np.float64))
 
     def to_dict(self) -> dict[str, Any]:
