@@ -112,6 +112,9 @@ class VSkNN:
         neighbours = []
         for key in pool:
             similarity = sum(weight[i] for i in current & self.items[key]) / len(weight)
+            # Rounded: equal similarities summed in another order must tie exactly, so that
+            # the session key breaks the tie here and in stream/serving/session_knn.py alike.
+            similarity = round(similarity, 9)
             if similarity > 0:
                 neighbours.append((similarity, key))
         scores: dict[str, float] = defaultdict(float)
