@@ -421,6 +421,13 @@ class TrainerSettings(
         le=1,
         description="Most of the validation users (or rows) a churn alert threshold may flag.",
     )
+    # A version folder is committed to git: 50,000 sessions of ~5 items are about 1 MB.
+    session_knn_max_sessions: int = Field(
+        50_000,
+        ge=1,
+        le=1 << 22,
+        description="Most recent training sessions a version's session-kNN index keeps.",
+    )
     anomaly_alert_precision: float = Field(
         0.9,
         gt=0,

@@ -6,6 +6,11 @@ than two clicks. Every model is scored on the same positions: HR@20 (the next cl
 the 20 recommended items) and MRR@20 (1 / its rank there, 0 beyond). Everything tuned is tuned
 on a validation split carved from the end of TRAIN, never on TEST: the model's epoch count
 (early stopping) and V-SkNN's weighting (a small grid).
+
+`served` is what `clickscore train` would serve for next items (trainer/fit/next_items.py):
+the network, session kNN or a blend, chosen on that validation split with the early-stopped
+network (the pipeline serves it without a refit), then scored on TEST with that network and a
+kNN index of all TRAIN sessions. `model` is the network refitted on all of TRAIN, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from stream.contract.tokenizer import EVENT_TYPES, NUM_SPECIAL, Vocabulary
 from stream.datasets.loaders import load, sort_by_time
 from trainer.baselines import sessions as baselines
 from trainer.fit.next_event import ItemVocabulary, NextEventConfig, NextEventModel
-from trainer.fit.next_event_training import K, NextTrainConfig, fit, ranking, ranks
+from trainer.fit.next_event_training import K, NextTrainConfig, _train, fit, ranking, ranks
+from trainer.fit.next_items import NextItemsChoice, choose_next_items, positions, top_ranks
 from trainer.labels import sessions as data
 
 log = logging.getLogger(__name__)
@@ -41,17 +47,21 @@ class NextClickArgs:
     hidden: int = 64
     layers: int = 2
     dropout: float = 0.5  # validation on YooChoose: 0.2 < 0.3 < 0.4 < 0.5 (HR@20 + MRR@20)
+    knn_max_sessions: int | None = 50_000  # TrainerSettings.session_knn_max_sessions
     train_config: NextTrainConfig = field(default_factory=NextTrainConfig)
 
 
 @dataclass
 class NextClickResult:
     positions: int
-    models: dict[str, dict[str, float]]
+    models: dict[str, dict[str, Any]]
     details: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {"positions": self.positions, "models": self.models}
+        out: dict[str, Any] = {"positions": self.positions, "models": self.models}
+        if "next_items" in self.details:
+            out["next_items"] = self.details["next_items"]
+        return out
 
 
 def model_config(vocab: ItemVocabulary, tokens: Vocabulary, args: NextClickArgs) -> NextEventConfig:
@@ -119,6 +129,28 @@ def _tuned_vsknn(train: list[data.Sequence], fraction: float) -> baselines.VSkNN
     return best
 
 
+def _served(
+    early: NextEventModel,
+    vocab: ItemVocabulary,
+    train: list[data.Sequence],
+    test: list[data.Sequence],
+    config: NextEventConfig,
+    args: NextClickArgs,
+) -> tuple[NextItemsChoice, np.ndarray[Any, Any]]:
+    """The strategy chosen on TRAIN's validation split, and its ranks on TEST."""
+    fitting, validation = data.split_by_end(train, args.train_config.validation_fraction)
+    choice = choose_next_items(
+        early,
+        vocab,
+        fitting,
+        validation,
+        sequence_length=config.sequence_length,
+        max_sessions=args.knn_max_sessions,
+    )
+    held = positions(test, vocab, config.sequence_length)
+    return choice, top_ranks(choice.top(early, held, K)[0], held.target)
+
+
 def evaluate(args: NextClickArgs) -> NextClickResult:
     tokens = Vocabulary()
     train_events, test_events = _split(args)
@@ -130,8 +162,15 @@ def evaluate(args: NextClickArgs) -> NextClickResult:
     vocab = data.item_vocabulary(train_groups, args.items, args.oov_buckets)
     config = model_config(vocab, tokens, args)
 
-    model, report = fit(config, args.train_config, train_seqs, vocab)
+    # The early-stopped network (trained on TRAIN less its validation split) chooses the
+    # served strategy; the refit on all of TRAIN is the `model` row, as before.
+    early, report = fit(config, replace(args.train_config, refit=False), train_seqs, vocab)
+    model = early
+    if args.train_config.refit:
+        epochs = report.best_epoch + 1
+        model = _train(config, args.train_config, train_seqs, vocab, epochs, None, report)
     rows = {"model": ranks(model, test_seqs, vocab, config.sequence_length, unknown_as_miss=True)}
+    choice, rows["served"] = _served(early, vocab, train_seqs, test_seqs, config, args)
     sessions = _sessions(train_seqs)
     started = time.perf_counter()
     tuned = _tuned_vsknn(train_seqs, args.train_config.validation_fraction)
@@ -142,15 +181,18 @@ def evaluate(args: NextClickArgs) -> NextClickResult:
     counts = {name: len(r) for name, r in rows.items()}
     if len(set(counts.values())) != 1:
         raise AssertionError(f"models scored on different positions: {counts}")
+    models: dict[str, dict[str, Any]] = {name: ranking(r) for name, r in rows.items()}
+    models["served"].update(strategy=choice.strategy, blend_weight=choice.blend_weight)
     return NextClickResult(
         positions=counts["model"],
-        models={name: ranking(r) for name, r in rows.items()},
+        models=models,
         details={
             "train_sessions": len(train_seqs),
             "test_sessions": len(test_seqs),
             "items": len(vocab.items),
             "fit": report.to_dict(),
             "vsknn": tuned.__dict__,
+            "next_items": choice.to_dict(),
             "baseline_seconds": round(baseline_s, 1),
         },
     )

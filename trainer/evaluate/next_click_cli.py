@@ -5,8 +5,9 @@
 
 Registered under the `evaluate` command group by stream/cli.py. Without --test, the sessions
 that start in the last --test-fraction of TRAIN are the test sessions. With --json it prints
-one object, {"positions": N, "models": {"model": {"hr@20": x, "mrr@20": y}, ...}}; the
-training time and the tuned settings go to stderr.
+one object, {"positions": N, "models": {"model": {"hr@20": x, "mrr@20": y}, ...,
+"served": {"hr@20": ..., "mrr@20": ..., "strategy": ..., "blend_weight": ...}}, "next_items":
+{the choice and its validation table}}; the training time and the tuned settings go to stderr.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def run_next_click(settings: TrainerSettings, args: argparse.Namespace) -> int:
             test=args.test,
             test_fraction=args.test_fraction,
             items=args.items,
+            knn_max_sessions=settings.session_knn_max_sessions,
             train_config=replace(defaults.train_config, max_epochs=args.max_epochs, seed=args.seed),
         )
     )
@@ -57,7 +59,9 @@ def run_next_click(settings: TrainerSettings, args: argparse.Namespace) -> int:
         f"test sessions {result.details['test_sessions']}, items {result.details['items']}; "
         f"model trained {fit['epochs_run']} epochs (best {fit['best_epoch'] + 1}) in "
         f"{fit['seconds']:.0f} s ({fit['cpu_seconds']:.0f} s CPU); "
-        f"V-SkNN tuned on validation: {result.details['vsknn']}"
+        f"V-SkNN tuned on validation: {result.details['vsknn']}; served (chosen on "
+        f"validation): {result.details['next_items']['strategy']}, validation "
+        f"{result.details['next_items']['validation']}"
     )
     if args.json:
         print(summary, file=sys.stderr)
