@@ -129,14 +129,20 @@ def load_history(settings: TrainerSettings, source: Source) -> History:
         events = sorted(read.events, key=lambda e: e.ts_ms)
         history = History(events, events[-1].ts_ms if events else 0, description=desc)
     else:
-        from stream.datasets.loaders import load, sort_by_time
+        from stream.datasets.loaders import LoadStats, load, sort_by_time
 
         if source.path is None:
             raise HistoryRefused(f"--data {source.data} needs a PATH")
-        events = sort_by_time(
-            list(load(source.data, source.path))[-settings.train_history_events :]
-        )
-        desc = {"source": f"{source.data} {source.path.name}"}
+        stats = LoadStats()
+        loaded = list(load(source.data, source.path, stats=stats))
+        events = sort_by_time(loaded[-settings.train_history_events :])
+        desc = {"source": f"{source.data} {source.path.name}", "rows": stats.rows}
+        if stats.rows and not events:
+            reasons = ", ".join(f"{r} {n}" for r, n in stats.skipped.most_common())
+            raise HistoryRefused(
+                f"{desc['source']}: every one of {stats.rows} rows was invalid ({reasons}): "
+                "no history to train on"
+            )
         history = History(events, events[-1].ts_ms if events else 0, description=desc)
     check(settings, history.events, history.description.get("source", source.data))
     if history.events:

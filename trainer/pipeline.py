@@ -44,6 +44,7 @@ from trainer.labels.scoring_points import RowSpec
 from trainer.labels.sequences import group_by_user
 
 log = logging.getLogger(__name__)
+MOST_REFERENCE_ROWS = 20_000  # enough for 30 bins; bounds the scoring time
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def labels(settings: TrainerSettings, history: History, seed: int) -> Labelled:
         seed=seed,
     )
     rows = {g: labelled_points(users, vocab, spec, history.end_ms) for g, users in groups.items()}
+    if history.description.get("source", "").startswith("topic"):
+        history.description["outcome_labels"] = apply_outcomes(settings, rows)
     refuse_one_class(rows)
     if not len(rows["test"]):
         raise HistoryRefused("no test user has a labelled scoring point: nothing to gate on")
@@ -96,6 +99,34 @@ def labels(settings: TrainerSettings, history: History, seed: int) -> Labelled:
     }
     log.info("labelled points: %s", {g: len(r) for g, r in rows.items()})
     return Labelled(rows, every, groups)
+
+
+def apply_outcomes(settings: TrainerSettings, rows: dict[str, Points]) -> dict[str, int]:
+    """Live history: the served churn alerts' recorded outcomes relabel the train and
+    validation points they were raised on, and treated alerts' points are dropped
+    (trainer/labels/outcomes.py); the test users keep the history's labels, the same truth
+    for the candidate and the serving version."""
+    from trainer.labels.outcomes import read_outcome_labels, relabel
+
+    outcomes = read_outcome_labels(settings)
+    counts = {"outcomes": len(outcomes), "matched": 0, "changed": 0, "dropped_treated": 0}
+    if not outcomes:
+        return counts
+    for group in ("train", "validation"):
+        points = rows[group]
+        done = relabel(
+            points.users,
+            points.at_ms,
+            points.labels("churn").astype(np.float32),
+            outcomes,
+            settings.churn_horizon_s * 1000,
+        )
+        points.churn = [float(v) for v in done.churn]
+        rows[group] = points.subset(done.keep)
+        counts["matched"] += done.matched
+        counts["changed"] += done.changed
+        counts["dropped_treated"] += done.dropped
+    return counts
 
 
 def fit(settings: TrainerSettings, history: History, labelled: Labelled, args: TrainArgs) -> Any:
@@ -221,7 +252,53 @@ def export_candidate(
     return version, export_version(parts, scratch / str(version))
 
 
-def finish(folder: Path, version: int, decision: GateDecision, metrics: dict[str, Any]) -> Path:
+def drift_reference(folder: Path, points: Points) -> dict[str, Any]:
+    """reference.json: the candidate's scores and features on the validation users' scoring
+    points (every one, as the worker scores them), through the serving code; what the
+    worker's drift gauges compare served traffic with (stream/contract/drift.py)."""
+    import random
+
+    from stream.contract.drift import ChurnPromise, Histogram, Reference
+    from stream.contract.features import NAMES
+    from stream.serving.version import ServedVersion
+
+    if len(points) > MOST_REFERENCE_ROWS:
+        keep = set(random.Random(0).sample(range(len(points)), MOST_REFERENCE_ROWS))
+        points = points.subset([i in keep for i in range(len(points))])
+    served = ServedVersion.load(folder)
+    tokens, hashes, features = points.inputs(Vocabulary(), served.sequence_length)
+    scores = served.score(tokens, hashes, features, 0)
+    churn = served.manifest["alert_thresholds"].get("churn", {})
+    promise = (
+        ChurnPromise(float(churn["validation_precision"]), int(churn["validation_alerts"]))
+        if churn.get("threshold") is not None
+        else None
+    )
+    reference = Reference(
+        version=folder.name,
+        scores={
+            "churn_risk": Histogram.of(scores["CHURN"][:, 0]),
+            "purchase_intent": Histogram.of(scores["PURCHASE"][:, 0]),
+            "anomaly": Histogram.of(scores["ANOMALY"][:, 0]),
+        },
+        features={name: Histogram.of(features[:, i]) for i, name in enumerate(NAMES)},
+        churn=promise,
+        source={
+            "data": "the version's validation users, every scoring point",
+            "rows": len(points),
+            "written_by": "trainer/pipeline.py",
+        },
+    )
+    return reference.to_dict()
+
+
+def finish(
+    folder: Path,
+    version: int,
+    decision: GateDecision,
+    metrics: dict[str, Any],
+    reference: dict[str, Any],
+) -> Path:
     """Name the gated candidate version N in the store, its gate table in model_config.json:
     written in a staging folder, then renamed (no version folder is ever written into)."""
     store = folder.parent.parent
@@ -232,6 +309,7 @@ def finish(folder: Path, version: int, decision: GateDecision, metrics: dict[str
     meta["gate"] = {"promoted": decision.promote, "reason": decision.reason, **decision.table()}
     meta["metrics"] = metrics
     (staging / "model_config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (staging / "reference.json").write_text(json.dumps(reference, indent=2))
     target = store / str(version)
     staging.rename(target)
     shutil.rmtree(folder.parent, ignore_errors=True)
@@ -308,7 +386,8 @@ def run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
         "validation_roc_auc": fitted.validation,
         "seconds": time.perf_counter() - started,
     }
-    folder = finish(scratch, version, decision, metrics)
+    reference = drift_reference(scratch, labelled.every["validation"])
+    folder = finish(scratch, version, decision, metrics, reference)
     log.info("v%d: %s", version, decision.reason)
     promoted = False
     if args.promote:
