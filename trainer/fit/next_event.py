@@ -180,8 +180,9 @@ class NextEventModel(nn.Module):
         graph trainer/export/onnx.py exports (the same numbers, up to float rounding)."""
         hidden = self.encode_newest(items, types, gaps)
         log_probs = self.item_log_probs(items, hidden, last_only=True)
-        # Hashed buckets are not items a shop can show.
-        log_probs = log_probs[:, : FIRST_ITEM + self.config.known_items].float()
+        # Specials and hashed buckets are not items a shop can show (a row whose mass all
+        # went to a bucket ties every item at the floor: a special must not win the tie).
+        log_probs = log_probs[:, FIRST_ITEM : FIRST_ITEM + self.config.known_items].float()
         top = log_probs.topk(min(k, self.config.known_items), dim=-1)
         kinds = torch.softmax(self.type_logits(hidden[:, -1]).float(), -1)
-        return top.indices, top.values.exp(), kinds[:, self.config.purchase_type]
+        return top.indices + FIRST_ITEM, top.values.exp(), kinds[:, self.config.purchase_type]
