@@ -44,7 +44,8 @@ class UserScore(Base):
     user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     churn_risk: Mapped[float] = mapped_column(Float)
     purchase_intent: Mapped[float] = mapped_column(Float)
-    anomaly: Mapped[float] = mapped_column(Float)
+    # NULL: the version that scored this does not serve anomaly (migration 0006).
+    anomaly: Mapped[float | None] = mapped_column(Float, nullable=True)
     model_version: Mapped[str] = mapped_column(String(64))
     # How many events of this user the score reflects: an upsert only moves this forward,
     # so a replayed older result never overwrites a newer one.

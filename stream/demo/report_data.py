@@ -51,7 +51,7 @@ async def read_results(settings: Settings) -> RunResults:
     scores = {
         "churn_risk": [r[0] for r in score_rows],
         "purchase_intent": [r[1] for r in score_rows],
-        "anomaly": [r[2] for r in score_rows],
+        "anomaly": [r[2] for r in score_rows if r[2] is not None],  # None: not served
     }
     flagged = [
         FlaggedUser(r[0], r[1], float(r[3]), float(r[4]), r[5], list(r[6] or ()))

@@ -89,7 +89,7 @@ def score_rows(scores: Sequence[Score]) -> list[dict[str, Any]]:
             "user_id": s.user_id,
             "churn_risk": s.churn_risk,
             "purchase_intent": s.purchase_intent,
-            "anomaly": s.anomaly,
+            "anomaly": None if math.isnan(s.anomaly) else s.anomaly,  # not served
             "model_version": s.model_version,
             "event_count": s.event_count,
             "last_event_id": s.last_event_id,

@@ -80,3 +80,15 @@ def test_a_schema_2_record_without_trigger_counts_as_event() -> None:
 def test_an_unknown_trigger_is_refused() -> None:
     with pytest.raises(ValueError, match="trigger"):
         score(trigger="timer")
+
+
+def test_an_anomaly_the_version_does_not_serve_is_null_on_the_topic_and_in_postgres() -> None:
+    """Version 7 serves no anomaly (NaN from Triton): null, never NaN, where it is written."""
+    from stream.sinks.postgres import score_rows
+
+    unserved = score(anomaly=math.nan)
+    assert orjson.loads(score_to_json(unserved))["anomaly"] is None
+    [row] = score_rows([unserved])
+    assert row["anomaly"] is None and row["churn_risk"] == 0.25
+    [served] = score_rows([score()])
+    assert served["anomaly"] == 0.125
