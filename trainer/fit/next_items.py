@@ -135,15 +135,16 @@ def tune_knn(
     p: Positions,
     vocab: ItemVocabulary,
     max_sessions: int | None,
-) -> tuple[KnnConfig, dict[str, float]]:
-    """The V-SkNN config of the grid with the best HR@K + MRR@K on the validation positions."""
+) -> tuple[SessionIndex, dict[str, float]]:
+    """The fitting sessions' index in the V-SkNN config of the grid with the best HR@K + MRR@K
+    on the validation positions, and those figures."""
     index = build_index(fitting, vocab, KnnConfig(), max_sessions)
-    best: tuple[KnnConfig, dict[str, float]] | None = None
+    best: tuple[SessionIndex, dict[str, float]] | None = None
     for grid_config in VSKNN_GRID:
-        config = KnnConfig(**grid_config.__dict__)
-        m = score(knn_top(index.with_config(config), p, K)[0], p.target)
+        tried = index.with_config(KnnConfig(**grid_config.__dict__))
+        m = score(knn_top(tried, p, K)[0], p.target)
         if best is None or _total(m) > _total(best[1]):
-            best = (config, m)
+            best = (tried, m)
     assert best is not None
     return best
 
@@ -203,7 +204,7 @@ def choose_next_items(
     p = positions(validation, vocab, sequence_length)
     if not len(p):
         raise ValueError("no validation position has a next item: cannot choose next items")
-    config, knn_scores = tune_knn(fitting, p, vocab, max_sessions)
+    tuned, knn_scores = tune_knn(fitting, p, vocab, max_sessions)
     table: dict[str, dict[str, float]] = {}
     candidates: list[tuple[str, float | None]] = []
     if network is not None:
@@ -213,7 +214,7 @@ def choose_next_items(
     table["session_knn"] = knn_scores
     candidates.append(("session_knn", None))
     if network is not None:
-        knn = knn_top(build_index(fitting, vocab, config, max_sessions), p, K)
+        knn = knn_top(tuned, p, K)
         for w in sorted(blend_weights, reverse=True):
             table[f"blend_{w:g}"] = score(blend_top(*net, *knn, w, K)[0], p.target)
             candidates.append(("blend", w))
@@ -221,5 +222,5 @@ def choose_next_items(
     best = max(range(len(names)), key=lambda i: (_total(table[names[i]]), -i))
     strategy, weight = candidates[best]
     log.info("next items on %d validation positions: %s -> %s", len(p), table, names[best])
-    served_index = build_index([*fitting, *validation], vocab, config, max_sessions)
+    served_index = build_index([*fitting, *validation], vocab, tuned.config, max_sessions)
     return NextItemsChoice(strategy, weight, served_index, table, len(p))
