@@ -189,7 +189,10 @@ class ServedVersion:
                 if self.served[task] == "feature_head":
                     column = head_scores(self.head[task], features).astype(np.float32)
                     out[task.upper()] = column.reshape(rows, 1)
-        out["CHURN_THRESHOLD"] = np.full((rows, 1), self.churn_threshold, dtype=np.float32)
+        # No features, no feature-head churn: and no threshold, as before format 2.
+        unscored = self.served["churn"] == "feature_head" and features is None
+        churn_at = math.nan if unscored else self.churn_threshold
+        out["CHURN_THRESHOLD"] = np.full((rows, 1), churn_at, dtype=np.float32)
         out["ANOMALY_THRESHOLD"] = np.full((rows, 1), self.anomaly_threshold, dtype=np.float32)
         out.update(self._next_items(tokens, hashes, k))
         return out

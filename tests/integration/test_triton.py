@@ -1,7 +1,8 @@
-"""tritonserver from the nvidia-pytriton wheel, serving model_repo/ through the python backend."""
+"""tritonserver from the nvidia-pytriton wheel, serving model_repo/ with the clickscore backend."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from stream.contract.features import FeatureSchema
 from stream.contract.tokenizer import Vocabulary
+from stream.faults import is_request_rejected
 from stream.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -25,13 +27,19 @@ def _tokens(batch: int, length: int) -> np.ndarray:
     return tokens
 
 
-async def _infer(settings: Settings, tokens: np.ndarray) -> grpcclient.InferResult:
+async def _infer(
+    settings: Settings, tokens: np.ndarray, features: np.ndarray | None = None
+) -> grpcclient.InferResult:
     client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
     try:
         tensor = grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64")
         tensor.set_data_from_numpy(tokens)
+        inputs = [tensor]
+        if features is not None:
+            inputs.append(grpcclient.InferInput("FEATURES", list(features.shape), "FP32"))
+            inputs[-1].set_data_from_numpy(features)
         outputs = [grpcclient.InferRequestedOutput(n) for n in ("CHURN", "PURCHASE", "ANOMALY")]
-        return await client.infer(settings.triton_model, [tensor], outputs=outputs)
+        return await client.infer(settings.triton_model, inputs, outputs=outputs)
     finally:
         await client.close()
 
@@ -60,26 +68,52 @@ async def test_model_is_ready_with_the_declared_interface(stack_settings: Settin
 
 
 async def test_batch_inference_returns_one_score_per_sequence(stack_settings: Settings) -> None:
+    """The served version (7) scores churn and purchase from the features and serves no
+    anomaly: NaN, never computed (its folder has no encoder)."""
     tokens = _tokens(batch=5, length=stack_settings.sequence_length)
-    tokens[1, -3:, 0] = 6  # the second user put three items in the cart
-    result = await _infer(stack_settings, tokens)
+    features = np.zeros((5, FeatureSchema(Vocabulary()).count), dtype=np.float32)
+    features[1] = 1.0  # another user
+    result = await _infer(stack_settings, tokens, features)
     churn, purchase, anomaly = (result.as_numpy(n) for n in ("CHURN", "PURCHASE", "ANOMALY"))
-    for scores in (churn, purchase, anomaly):
+    for scores in (churn, purchase):
         assert scores.shape == (5, 1)
         assert np.all((scores >= 0) & (scores <= 1))
-    assert purchase[1, 0] > purchase[0, 0]
+    assert churn[1, 0] != churn[0, 0] and purchase[1, 0] != purchase[0, 0]
+    assert anomaly.shape == (5, 1) and np.isnan(anomaly).all()
     # The served version is the latest numbered folder (`clickscore train` writes them).
     served = max(
-        int(p.name)
-        for p in (stack_settings.model_repo / "clickscore").iterdir()
-        if p.name.isdigit()
+        (p for p in (stack_settings.model_repo / "clickscore").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
     )
-    assert result.get_response().model_version == str(served)
+    assert result.get_response().model_version == served.name
+    assert not (served / "encoder.onnx").exists()
 
 
 async def test_a_wrong_shape_is_refused_with_a_clear_error(stack_settings: Settings) -> None:
     with pytest.raises(InferenceServerException, match=r"TOKENS|shape|dims"):
         await _infer(stack_settings, _tokens(batch=2, length=stack_settings.sequence_length + 1))
+
+
+async def test_a_bad_request_fails_alone_among_requests_batched_with_it(
+    stack_settings: Settings,
+) -> None:
+    """Sent together, so the dynamic batcher may merge them: the bad one (an id outside the
+    vocabulary) gets INVALID_ARGUMENT in its own response, every other one its scores."""
+    tokens = _tokens(batch=2, length=stack_settings.sequence_length)
+    features = np.zeros((2, FeatureSchema(Vocabulary()).count), dtype=np.float32)
+    bad = tokens.copy()
+    bad[0, -1, 0] = 60_000
+    sent = [bad if i == 3 else tokens for i in range(8)]
+    results = await asyncio.gather(
+        *(_infer(stack_settings, t, features) for t in sent), return_exceptions=True
+    )
+    refused = results[3]
+    assert isinstance(refused, InferenceServerException)
+    assert is_request_rejected(refused) and "vocabulary" in str(refused)
+    for i, result in enumerate(results):
+        if i != 3:
+            assert isinstance(result, grpcclient.InferResult), result
+            assert np.isfinite(result.as_numpy("CHURN")).all()
 
 
 async def test_served_version_returns_real_next_items(stack_settings: Settings) -> None:

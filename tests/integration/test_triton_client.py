@@ -40,6 +40,7 @@ async def test_scoring_waits_for_triton_and_resumes(
     settings = own_triton(stack_settings, tmp_path)
     tokens = np.zeros((300, settings.sequence_length, NUM_FIELDS), dtype=np.int32)
     tokens[:, -5:, 0] = 3  # five views each
+    features = np.random.default_rng(0).normal(size=(300, len(NAMES))).astype(np.float32)
     scorer = TritonScorer(settings)
     try:
         # Nothing listens yet: start() keeps retrying instead of failing.
@@ -49,12 +50,13 @@ async def test_scoring_waits_for_triton_and_resumes(
         await asyncio.to_thread(local.start_triton, settings, 60.0)
         await asyncio.wait_for(starting, 30)
 
-        scores = await scorer.score(tokens)
+        scores = await scorer.score(tokens, None, features)
         assert scores.churn.shape == (300,) and len(scores.model_versions) == 300
+        assert np.isfinite(scores.churn).all()
 
         # Triton goes down mid-stream: the call waits, then completes once it is back.
         await asyncio.to_thread(process.stop, settings.run_dir, triton.NAME)
-        pending = asyncio.ensure_future(scorer.score(tokens))
+        pending = asyncio.ensure_future(scorer.score(tokens, None, features))
         await asyncio.sleep(2.0)
         assert not pending.done()
         await asyncio.to_thread(local.start_triton, settings, 60.0)
@@ -74,10 +76,12 @@ async def test_a_request_the_model_refuses_comes_back_rejected_not_retried(
     tokens = np.zeros((4, settings.sequence_length, NUM_FIELDS), dtype=np.int32)
     tokens[:, -5:, 0] = 3
     tokens[2, -1, 0] = 60_000  # the third sequence, in the second request of two
+    # The served version scores churn from the behaviour features (its feature head).
+    features = np.zeros((4, len(NAMES)), dtype=np.float32)
     scorer = TritonScorer(settings)
     try:
         await scorer.start()
-        scores = await asyncio.wait_for(scorer.score(tokens), 30)
+        scores = await asyncio.wait_for(scorer.score(tokens, None, features), 30)
     finally:
         await scorer.close()
     assert scores.rejected[:2] == [None, None]
