@@ -56,7 +56,7 @@ class TrainArgs:
 
 @dataclass
 class RunResult:
-    version: int | None
+    version: int
     promoted: bool
     reason: str
     tasks: dict[str, Any] = field(default_factory=dict)

@@ -7,8 +7,8 @@ import numpy as np
 
 from stream.datasets.synthetic import SyntheticConfig, generate
 from tests.conftest import make_settings
-from trainer.labels.outcomes import OutcomeLabel, relabel
 from trainer.fit.encoder_data import split
+from trainer.labels.outcomes import OutcomeLabel, relabel
 
 HOUR_MS = 3_600_000
 HORIZON = 72 * HOUR_MS

@@ -15,9 +15,9 @@ from stream.contract.events import Event
 from stream.contract.state import apply_event, stack_padded
 from tests.conftest import make_settings
 from trainer.fit import encoder as model
+from trainer.fit.encoder_data import TrainArgs, alert_thresholds, configs, load_events, split
 from trainer.fit.encoder_training import fit, predict
 from trainer.labels import sequences as data
-from trainer.fit.encoder_data import TrainArgs, alert_thresholds, configs, load_events, split
 
 VOCAB = tk.Vocabulary()
 DAY = 86_400_000

@@ -21,9 +21,9 @@ from stream.contract.tokenizer import Vocabulary
 from stream.datasets.loaders import load, sort_by_time
 from stream.settings import Settings
 from trainer.evaluate import metrics as evaluate
+from trainer.fit.encoder_data import TrainArgs, configs, load_events, split
 from trainer.fit.encoder_training import fit, predict
 from trainer.labels import sequences as data
-from trainer.fit.encoder_data import TrainArgs, configs, load_events, split
 
 COLUMNS = ("roc_auc", "pr_auc", "log_loss", "ece")
 
