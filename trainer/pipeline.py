@@ -368,7 +368,16 @@ def configure_threads(settings: TrainerSettings) -> None:
 
 def run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
     """One run; a refused history raises HistoryRefused before anything is written."""
+    # threadpoolctl (scikit-learn's own dependency) caps the BLAS and OpenMP pools already
+    # started in this process too (gradient boosting's OpenMP threads spin while idle).
+    from threadpoolctl import threadpool_limits
+
     configure_threads(settings)
+    with threadpool_limits(limits=settings.train_threads):
+        return _run(settings, args)
+
+
+def _run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
     publish.clean_stale(settings)
     started = time.perf_counter()
     history = load_history(settings, args.source)

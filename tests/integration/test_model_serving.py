@@ -1,147 +1,146 @@
-"""Exported models in a real tritonserver: parity, hot swap under load, the gate, rollback.
+"""`clickscore train`'s pipeline on the real stack: a version trained from the events topic
+is promoted and loaded by a tritonserver of its own and answers requests shaped as the worker
+sends them; a candidate whose labels are shuffled is refused with the task named while the
+serving version keeps answering; a swap under load and a rollback lose no request; every
+candidate gets its model_versions row.
 
-A tritonserver of its own serves a temporary model repository (the suite's stack keeps
-serving model_repo/): stream.stack.local.up on Settings pointing at the temporary folder.
+The suite's broker and PostgreSQL (a topic and a database of this test's own); the Triton here
+serves a temporary repository, so the suite's Triton keeps serving model_repo/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-import torch
 import tritonclient.grpc.aio as grpcclient
 
+from stream.contract.events import event_to_json
 from stream.contract.tokenizer import Vocabulary
+from stream.datasets.synthetic import SyntheticConfig, generate
 from stream.db import migrate
 from stream.settings import PROJECT_ROOT, Settings
 from stream.stack import local
 from stream.stack.process import free_port
 from tests.conftest import make_settings
-from trainer import export, promote
-from trainer.fit.encoder import ClickscoreModel
-from trainer.fit.encoder_training import fit
-from trainer.labels.sequences import Examples
-from trainer.refresh import TrainArgs, configs, load_events, split
+from tests.support.kafka import create_topics, produce
+from trainer import publish
+from trainer.history import Source
+from trainer.labels import points as labels
+from trainer.labels.scoring_points import RowSpec
+from trainer.labels.sequences import group_by_user
+from trainer.pipeline import TrainArgs, run
 
-pytestmark = pytest.mark.integration
-OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY")
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple[ClickscoreModel, Examples]:
-    """test_trainer.py's tiny model (about half a minute on two cores): these tests need real
-    weights that clearly beat chance, so that the gate has something to compare."""
-    settings = make_settings()
-    args = TrainArgs(users=400, days=14, tiny=True)
-    events, anomalies, _ = load_events(settings, args)
-    parts = split(settings, events, anomalies, seed=0)
-    model_config, train_config = configs(settings, args)
-    net = fit(model_config, train_config, parts.pretrain, parts.train, parts.validation_tokens)
-    return net, parts.test
+# Three pipeline runs of a minute or more each on a loaded 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
+OUTPUTS = ("CHURN", "PURCHASE", "CHURN_THRESHOLD", "NEXT_ITEMS")
 
 
-def _inverted(net: ClickscoreModel) -> ClickscoreModel:
-    """Deliberately worse: the same network with its churn and purchase logits negated, so
-    its held-out ROC-AUC is exactly 1 - the original's."""
-    worse = copy.deepcopy(net)
-    with torch.no_grad():
-        for head in (worse.churn_head, worse.purchase_head):
-            head.weight.neg_()
-            head.bias.neg_()
-    return worse
-
-
-@pytest.fixture(scope="module")
-def serving(
-    trained: tuple[ClickscoreModel, Examples], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Settings]:
-    root = tmp_path_factory.mktemp("serving")
-    repo = root / "repo"
-    (repo / "clickscore").mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "model_repo/clickscore/config.pbtxt", repo / "clickscore")
-    net, _ = trained
-    export.export(net, Vocabulary(), repo / "clickscore" / "1", metrics={}, training_data={})
-    http, grpc, metrics, kafka = (free_port() for _ in range(4))
-    settings = make_settings(
-        broker_url=f"kafka://127.0.0.1:{kafka}",
-        triton_http_url=f"127.0.0.1:{http}",
-        triton_grpc_url=f"127.0.0.1:{grpc}",
-        triton_metrics_port=metrics,
-        run_dir=root / "run",
-        model_repo=repo,
-        model_store=root / "store",
+@pytest.fixture
+def own(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    repo = tmp_path / "repo" / "clickscore"
+    repo.mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "model_repo/clickscore/config.pbtxt", repo)
+    http, grpc, metrics = (free_port() for _ in range(3))
+    ours = make_settings(
+        **{
+            **settings.model_dump(),
+            "triton_http_url": f"127.0.0.1:{http}",
+            "triton_grpc_url": f"127.0.0.1:{grpc}",
+            "triton_metrics_port": metrics,
+            "run_dir": tmp_path / "run",
+            "model_repo": tmp_path / "repo",
+            "model_store": tmp_path / "store",
+        }
     )
-    local.up(settings, migrate=False)
-    yield settings
-    local.down(settings)
+    migrate.upgrade(ours)
+    yield ours
+    local.down(ours)
 
 
-async def _infer(settings: Settings, tokens: np.ndarray) -> tuple[list[np.ndarray], str]:
+def request_rows(settings: Settings, count: int = 16) -> tuple[npt.NDArray[Any], ...]:
+    """Real users' states as the worker sends them (tokens, item hashes, features)."""
+    events, _ = generate(SyntheticConfig(users=20, days=7, seed=11))
+    by_user = group_by_user(events)
+    spec = RowSpec(3 * 86_400_000, 2 * 86_400_000, sequence_length=64)
+    rows = labels.labelled_points(by_user, Vocabulary(), spec, max(e.ts_ms for e in events))
+    rows = rows.subset([i < count for i in range(len(rows))])
+    tokens, hashes, features = rows.inputs(Vocabulary(), settings.sequence_length)
+    return tokens, hashes, features.astype(np.float32)
+
+
+async def infer(
+    settings: Settings, rows: tuple[npt.NDArray[Any], ...]
+) -> tuple[dict[str, Any], str]:
     client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
     try:
-        tensor = grpcclient.InferInput("TOKENS", list(tokens.shape), "INT64")
-        tensor.set_data_from_numpy(tokens.astype(np.int64))
-        result = await client.infer(
-            settings.triton_model,
-            [tensor],
-            outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS],
-        )
+        inputs = []
+        for name, array, kind in zip(
+            ("TOKENS", "ITEM_HASHES", "FEATURES"), rows, ("INT64", "INT64", "FP32"), strict=True
+        ):
+            tensor = grpcclient.InferInput(name, list(array.shape), kind)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in OUTPUTS]
+        result = await client.infer(settings.triton_model, inputs, outputs=outputs)
     finally:
         await client.close()
-    return [result.as_numpy(n).reshape(-1) for n in OUTPUTS], result.get_response().model_version
+    scores = {n: result.as_numpy(n) for n in OUTPUTS}
+    return scores, result.get_response().model_version
 
 
-async def _with_db(serving: Settings, per_test: Settings) -> Settings:
-    settings = make_settings(**{**serving.model_dump(), "database_url": per_test.database_url})
-    await asyncio.to_thread(migrate.upgrade, settings)
-    return settings
+def shuffled_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The labels step with churn and purchase labels permuted among rows: a candidate that
+    learnt nothing about either task, from the same history."""
+    real = labels.labelled_points
+    rng = np.random.default_rng(0)
+
+    def shuffle(*args: Any, **kwargs: Any) -> labels.Points:
+        points = real(*args, **kwargs)
+        if not kwargs.get("every_point"):
+            points.churn = list(rng.permutation(points.churn))
+            points.purchase = list(rng.permutation(points.purchase))
+        return points
+
+    monkeypatch.setattr("trainer.pipeline.labelled_points", shuffle)
 
 
-async def test_triton_and_in_process_scores_agree(
-    serving: Settings, trained: tuple[ClickscoreModel, Examples]
+async def test_a_topic_version_is_served_a_shuffled_one_refused_and_swaps_lose_no_request(
+    own: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    net, heldout = trained
-    tokens = heldout.tokens[:64]
-    expected = net.score(torch.from_numpy(tokens))
-    (churn, purchase, anomaly), _ = await _infer(serving, tokens)
-    for got, want in (
-        (churn, expected.churn),
-        (purchase, expected.purchase),
-        (anomaly, expected.anomaly),
-    ):
-        np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    events, _ = generate(SyntheticConfig(users=600, days=10, seed=5))
+    await create_topics(own, [own.topic_events], 1)
+    await produce(own, own.topic_events, [(e.user_id.encode(), event_to_json(e)) for e in events])
+    train = TrainArgs(source=Source(data="topic"), tiny=True)
 
+    # Nothing serves: every task is new; the version is moved in, then Triton starts on it.
+    first = await asyncio.to_thread(run, own, train)
+    assert first.promoted, first.reason
+    assert {t["verdict"] for t in first.tasks.values()} == {"new"}
+    await asyncio.to_thread(local.start_triton, own, 120.0)
+    rows = request_rows(own)
+    scores, version = await infer(own, rows)
+    assert version == str(first.version)
+    assert np.all((scores["CHURN"] >= 0) & (scores["CHURN"] <= 1))
+    assert scores["NEXT_ITEMS"].shape == (len(rows[0]), 10)
 
-def _candidate(settings: Settings, net: ClickscoreModel) -> Path:
-    folder = promote.store_dir(settings) / str(
-        export.next_version(promote.served_dir(settings), promote.store_dir(settings))
-    )
-    return export.export(net, Vocabulary(), folder, metrics={}, training_data={"test": True})
+    # Shuffled labels: refused, the churn task named with its figures; v1 keeps answering.
+    with monkeypatch.context() as patch:
+        shuffled_labels(patch)
+        worse = await asyncio.to_thread(run, own, train)
+    assert not worse.promoted
+    assert "churn: worse: roc_auc" in worse.reason, worse.reason
+    assert publish.serving_version(own) == first.version
+    assert not (own.model_repo / "clickscore" / str(worse.version)).exists()
+    assert (await infer(own, rows))[1] == str(first.version)
 
-
-async def test_gate_refuses_a_worse_model_and_swap_and_rollback_lose_no_request(
-    serving: Settings, settings: Settings, trained: tuple[ClickscoreModel, Examples]
-) -> None:
-    db = await _with_db(serving, settings)
-    net, heldout = trained
-    before = promote.serving_version(db)
-
-    served = promote.heldout_metrics(promote.served_dir(db) / str(before), heldout)
-    assert served["mean_roc_auc"] > 0.5 + db.promotion_margin, served
-    rejected = _candidate(db, _inverted(net))
-    result = await promote.promote(db, rejected, heldout)
-    assert not result.promote, result.reason
-    assert promote.serving_version(db) == before
-
-    # The same weights as the serving model are "not worse": promoted, loaded under load.
-    candidate = _candidate(db, net)
-    tokens = heldout.tokens[:8]
+    # The same history again is not worse: promoted and swapped in while requests flow.
     errors: list[BaseException] = []
     seen: set[str] = set()
     stop = asyncio.Event()
@@ -149,33 +148,33 @@ async def test_gate_refuses_a_worse_model_and_swap_and_rollback_lose_no_request(
     async def hammer() -> None:
         while not stop.is_set():
             try:
-                _, version = await _infer(db, tokens)
-                seen.add(version)
-            except Exception as exc:
+                seen.add((await infer(own, rows))[1])
+            except Exception as exc:  # any failed request fails the test below
                 errors.append(exc)
 
-    async def until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    async def until(condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not condition() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
 
-    new = int(candidate.name)
-    clients = [asyncio.create_task(hammer()) for _ in range(4)]
-    await until(lambda: str(before) in seen)  # the old version answered under load
-    result = await promote.promote(db, candidate, heldout)
-    await until(lambda: str(new) in seen)  # then the new one, with no failed request between
+    clients = [asyncio.create_task(hammer()) for _ in range(3)]
+    await until(lambda: str(first.version) in seen)
+    again = await asyncio.to_thread(run, own, train)
+    await until(lambda: str(again.version) in seen)
     stop.set()
     await asyncio.gather(*clients)
-    assert result.promote, result.reason
+    assert again.promoted, again.reason
     assert errors == []
-    assert seen >= {str(before), str(new)}
-    statuses = {row.version: row.status for row in await promote.table(db)}
-    assert statuses[int(rejected.name)] == "rejected"
-    assert statuses[new] == "serving"
+    assert seen >= {str(first.version), str(again.version)}
 
-    bad, previous = await promote.rollback(db)
-    assert (bad, previous) == (new, before)
-    _, version = await _infer(db, tokens)
-    assert version == str(before)
-    statuses = {row.version: row.status for row in await promote.table(db)}
-    assert statuses[new] == "rolled_back" and statuses[before] == "serving"
+    rows_by_version = {row.version: row for row in await publish.table(own)}
+    assert rows_by_version[worse.version].status == "rejected"
+    assert "churn" in rows_by_version[worse.version].metrics["gate"]
+    assert rows_by_version[first.version].status == "retired"
+    assert rows_by_version[again.version].status == "serving"
+
+    bad, previous = await publish.rollback(own)
+    assert (bad, previous) == (again.version, first.version)
+    assert (await infer(own, rows))[1] == str(first.version)
+    statuses = {row.version: row.status for row in await publish.table(own)}
+    assert statuses[again.version] == "rolled_back" and statuses[first.version] == "serving"

@@ -32,7 +32,9 @@ from trainer import publish
 from trainer.history import HistoryRefused, Source
 from trainer.pipeline import TrainArgs, run
 
-pytestmark = pytest.mark.integration
+# The first test also waits for the module's good version: a pipeline run of minutes on a
+# loaded 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 SMALL = Source(users=300, days=7, seed=3)
 
 
