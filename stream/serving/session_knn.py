@@ -127,6 +127,9 @@ class SessionIndex:
         self.postings = owner[order]
         counts = np.bincount(self.session_items, minlength=self.end_id)[: self.end_id]
         self.item_offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        # (item, age) of each posting, ascending: finds how many of an item's sessions are at
+        # least as recent as a given one with one searchsorted.
+        self.posting_age = self.session_items[order] * (sessions + 1) + (sessions - self.postings)
         with np.errstate(divide="ignore"):
             self.idf = np.where(counts > 0, np.log(max(sessions, 1) / np.maximum(counts, 1)), 0.0)
 
@@ -229,9 +232,20 @@ class SessionIndex:
         weight = position_weight(c.weighting, pos.astype(np.float64), n)
         step = n - pos + 1
         distinct = np.bincount(r, minlength=rows)
-        # Candidate sessions: per item its sample_size most recent suffice for the union's.
+        # Candidate sessions: per item its sample_size most recent suffice for the union's, and
+        # once one item holds sample_size sessions, the union's sample holds none older than
+        # that item's oldest of them: each row skips every posting older than its items' latest
+        # such session (exact, and the costly part of a long session with popular items).
         start = self.item_offsets[item]
-        count = np.minimum(self.item_offsets[item + 1] - start, c.sample_size or 1 << 62)
+        count = self.item_offsets[item + 1] - start
+        if c.sample_size:
+            full = count >= c.sample_size
+            oldest = np.where(full, self.postings[start + np.where(full, c.sample_size - 1, 0)], -1)
+            floor = np.full(rows, -1, dtype=np.int64)
+            np.maximum.at(floor, r, oldest)
+            limit = item * (self.sessions + 1) + (self.sessions - floor[r])
+            within = np.searchsorted(self.posting_age, limit, side="right") - start
+            count = np.minimum(within, c.sample_size)
         owner, flat = _expand(start, count)
         pair = r[owner] * self.sessions + self.postings[flat]
         if not pair.size:
