@@ -240,7 +240,8 @@ class SessionIndex:
         count = self.item_offsets[item + 1] - start
         if c.sample_size:
             full = count >= c.sample_size
-            oldest = np.where(full, self.postings[start + np.where(full, c.sample_size - 1, 0)], -1)
+            oldest = np.full(len(item), -1, dtype=np.int64)
+            oldest[full] = self.postings[start[full] + c.sample_size - 1]
             floor = np.full(rows, -1, dtype=np.int64)
             np.maximum.at(floor, r, oldest)
             limit = item * (self.sessions + 1) + (self.sessions - floor[r])

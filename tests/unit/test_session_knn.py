@@ -131,3 +131,12 @@ def test_blend_adds_the_two_sides_on_a_shared_item() -> None:
     # Network 0.625 / 0.375 of its mass 0.8, kNN 0.5 / 0.5 of 1.0; mixed mass 0.9.
     assert ids.tolist() == [[3, 5, 8]]
     np.testing.assert_allclose(probs, [[0.9 * 0.4375, 0.9 * 0.3125, 0.9 * 0.25]], rtol=1e-6)
+
+
+def test_an_item_no_session_holds_finds_nothing() -> None:
+    index = SessionIndex.build(
+        [[2, 3], [3, 4]], [1, 2], ["a", "b"], KnnConfig(), first_id=2, end_id=6
+    )
+    ids, scores = index.recommend(np.array([[0, 5], [5, 3]]), 3)
+    assert not ids[0].any() and not scores[0].any()  # id 5 is known, but in no session
+    assert set(ids[1].tolist()) == {2, 3, 4}
