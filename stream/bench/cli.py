@@ -137,7 +137,7 @@ def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.latency import measure_rate, measure_saturation, rate_events
-    from stream.bench.latency_report import default_rates, latency_json, rate_row
+    from stream.bench.latency_report import default_rates, json_number, latency_json, rate_row
     from stream.datasets.synthetic import SyntheticConfig, generate
 
     history, _ = generate(SyntheticConfig(users=args.users, days=args.days, seed=args.seed))
@@ -156,7 +156,7 @@ def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{args.users} synthetic users, {args.seconds:g} s of events per rate\n")
     print(
         "| offered events/s | events | achieved events/s "
-        "| event-triggered event→score p50 / p95 / p99 ms "
+        "| event-triggered event→score p50 / p95 / p99 ms (→ scored_at p50 / p99) "
         "| alerts | event→alert written p50 / p95 / p99 ms | saturated "
         "| events per window | window ms: fold / score / results / table (p99 score) "
         "| Triton per request ms: client / request / queue / compute (sequences) | load |"
@@ -182,7 +182,8 @@ def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
         )
         print(
             f"| {rate:,.0f} | {p.events:,} | {p.achieved_per_s:,.0f} "
-            f"| {s50:,.0f} / {s95:,.0f} / {s99:,.0f} | {p.alerts} "
+            f"| {s50:,.0f} / {s95:,.0f} / {s99:,.0f} "
+            f"({p.scored_ms[0]:,.0f} / {p.scored_ms[2]:,.0f}) | {p.alerts} "
             f"| {a50:,.0f} / {a95:,.0f} / {a99:,.0f} "
             f"| {saturated} "
             f"| {p.window_events:,.0f} | {stages} ({p.stage_p99_ms.get('score', 0):.0f}) "
@@ -195,6 +196,8 @@ def _latency_command(settings: Settings, args: argparse.Namespace) -> int:
                 p.score_ms,
                 achieved_events_per_s=round(p.achieved_per_s, 1),
                 saturated=p.saturated,
+                scored_at_p50_ms=json_number(p.scored_ms[0]),
+                scored_at_p99_ms=json_number(p.scored_ms[2]),
                 events_per_window=round(p.window_events, 1),
                 stage_ms={k: round(v, 2) for k, v in p.stage_ms.items()},
                 stage_p99_ms={k: round(v, 2) for k, v in p.stage_p99_ms.items()},
@@ -410,8 +413,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="one version's sequences/s per core: torch eager, ORT fp32 and int8, Triton",
         description="Per core: the torch and ORT rows run in this process on --threads "
         "threads (torch.set_num_threads, ORT intra_op_num_threads) and are divided by that; "
-        "the triton row is divided by the cores its served config allows (instances x its "
-        "intra-op thread parameter, at most this machine's cores) or by --triton-cores. "
+        "the triton row is divided by the cores its served config allows (instances x "
+        "CLICKSCORE_SERVING_INTRA_OP_THREADS, at most this machine's cores; tritonserver's "
+        "own gRPC threads are not counted) or by --triton-cores. "
         "Exits 1, naming why, when a runtime could not be measured.",
     )
     serving.add_argument("--batches", type=_int_list, default=[1, 16, 64, 256])

@@ -72,6 +72,9 @@ class LatencyPoint:
     events: int
     achieved_per_s: float  # events / (first send -> last score needed)
     score_ms: tuple[float, float, float]  # p50, p95, p99
+    # From the send to the score's scored_at_ms (the worker's clock, as the window's Triton
+    # answer is read): without the result writes and the reader's fetch.
+    scored_ms: tuple[float, float, float]
     alerts: int
     alert_ms: tuple[float, float, float]
     drain_s: float  # last send -> last score needed
@@ -122,6 +125,7 @@ async def measure_rate(
 
     sent_ms: dict[str, int] = {}
     score_s: list[float] = []
+    scored_s: list[float] = []
 
     def on_batch(batch: Sequence[Event]) -> None:
         now_ms = time.time_ns() // 1_000_000
@@ -132,6 +136,10 @@ async def measure_rate(
         latency = score_latency_s(score, sent_ms, time.time())
         if latency is not None:
             score_s.append(latency)
+            scored_at = score.get("scored_at_ms")
+            if isinstance(scored_at, int):
+                scored = score_latency_s(score, sent_ms, scored_at / 1000)
+                scored_s.append(scored if scored is not None else latency)
 
     try:
         warmup = Event("bench-warmup-1", WARMUP_USER, time.time_ns() // 1_000_000, "view")
@@ -165,6 +173,7 @@ async def measure_rate(
         events=len(events),
         achieved_per_s=len(events) / max(done_s - first_s, 1e-9),
         score_ms=percentiles_ms(score_s),
+        scored_ms=percentiles_ms(scored_s),
         alerts=len(alert_s),
         alert_ms=percentiles_ms(alert_s),
         drain_s=max(0.0, done_s - last_s),

@@ -138,9 +138,9 @@ def rate_row(
     p50, p95, p99 = score_ms
     return {
         "offered_events_per_s": offered_per_s,
-        "p50_ms": _number(p50),
-        "p99_ms": _number(p99),
-        "p95_ms": _number(p95),
+        "p50_ms": json_number(p50),
+        "p99_ms": json_number(p99),
+        "p95_ms": json_number(p95),
         **extra,
     }
 
@@ -149,6 +149,6 @@ def latency_json(saturation_per_s: float, rows: Sequence[dict[str, object]]) -> 
     return {"saturation_events_per_s": saturation_per_s, "rates": list(rows)}
 
 
-def _number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
     """NaN (no score read) as JSON null: json.dumps would write NaN, which is not JSON."""
     return None if math.isnan(value) else round(value, 1)

@@ -14,8 +14,9 @@ networks the version's `served` outputs need), so the runtimes differ in nothing
   request in flight at a time (closed loop), batch_size raised so each call is one request.
 
 Per core: in-process rows divide by the threads the runtime was allowed; the triton row by
-the cores its served config allows (instances x intra-op threads, at most the machine's),
-or `--triton-cores`. Each point: a warm-up, then calls for `seconds`, sequences / elapsed.
+the cores its served config allows (instances x CLICKSCORE_SERVING_INTRA_OP_THREADS, at most
+the machine's), or `--triton-cores`; tritonserver's own gRPC threads are not counted.
+Each point: a warm-up, then calls for `seconds`; sequences / elapsed.
 """
 
 from __future__ import annotations
@@ -162,16 +163,12 @@ def torch_version(folder: Path, torch_from: Path, threads: int) -> Any:
     return version
 
 
-def triton_cores(config: Any, cpus: int) -> float:
-    """Cores the served config lets Triton use: instances x intra-op threads (a parameter
-    named like `intra_op_threads`), at most `cpus`; `cpus` when it does not say."""
+def triton_cores(config: Any, cpus: int, threads_per_instance: int) -> float:
+    """Cores the served config lets Triton's runtime use: its instances x the ONNX Runtime
+    intra-op threads each runs (CLICKSCORE_SERVING_INTRA_OP_THREADS, which the clickscore
+    backend reads), at most `cpus`."""
     instances = sum(max(1, g.count) for g in config.instance_group) or 1
-    threads = [
-        int(p.string_value)
-        for name, p in config.parameters.items()
-        if "intra_op" in name and p.string_value.isdigit()
-    ]
-    return float(min(cpus, instances * threads[0])) if threads else float(cpus)
+    return float(min(cpus, instances * threads_per_instance))
 
 
 async def triton_rows(
@@ -185,7 +182,8 @@ async def triton_rows(
     try:
         assert scorer._client is not None
         config = (await scorer._client.get_model_config(settings.triton_model)).config
-        allowed = cores or triton_cores(config, os.cpu_count() or 1)
+        threads = settings.serving_intra_op_threads
+        allowed = cores or triton_cores(config, os.cpu_count() or 1, threads)
         width = next((int(i.dims[0]) for i in config.input if i.name == "FEATURES"), 0)
         rows = []
         for batch in batches:
@@ -271,7 +269,15 @@ def format1_source(folder: Path) -> Path:
     manifest = json.loads((folder / "model_config.json").read_text())
     named = manifest.get("migrated_from") or (manifest.get("training") or {}).get("migrated_from")
     if named is not None:
-        return folder.parent / str(named)
+        source = folder.parent / str(named)
+        if not source.is_dir():
+            raise RuntimeMissing(
+                f"{folder.name} was migrated from version {named}, whose folder is gone from "
+                f"{folder.parent} (retired; git history keeps it): extract it, e.g. "
+                f"`git archive <commit> {folder.parent.name}/{named} | tar -x -C /tmp`, and "
+                "give --torch-from"
+            )
+        return source
     format1 = [
         p
         for p in sorted(

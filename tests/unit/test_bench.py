@@ -193,11 +193,9 @@ def test_triton_cores_read_from_the_served_config() -> None:
 
     config = model_config_pb2.ModelConfig()
     config.instance_group.add(count=2, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
-    assert triton_cores(config, cpus=16) == 16.0  # threads not said: the whole machine
-    config.parameters["intra_op_threads"].string_value = "1"
-    assert triton_cores(config, cpus=16) == 2.0
-    config.parameters["intra_op_threads"].string_value = "4"
-    assert triton_cores(config, cpus=2) == 2.0  # never more than the machine has
+    assert triton_cores(config, cpus=16, threads_per_instance=1) == 2.0
+    assert triton_cores(config, cpus=16, threads_per_instance=3) == 6.0
+    assert triton_cores(config, cpus=2, threads_per_instance=4) == 2.0  # never over the machine
 
 
 def test_timed_calls_warm_up_and_count_at_least_a_few() -> None:
