@@ -5,8 +5,10 @@ alerts) qualifies when
   - it has at least `min_alerts` alerts, so one lucky top score cannot set it;
   - its precision reaches the target;
   - its precision is clearly above the base rate: the Wilson 95 % lower bound of that
-    precision exceeds the base rate. Random alerts reach the base rate, so a target below it
-    (CDNOW: 70 % churn, target 0.6) would otherwise be met by alerting on everyone;
+    precision is at least `min_lift` (1.1) times the base rate. Random alerts reach the base
+    rate, so a target below it (CDNOW: 70 % churn, target 0.6) would otherwise be met by
+    alerting on everyone; and a bound merely above it is met by flagging 97 % of CDNOW's
+    customers at precision 0.70 against 0.69 (measured), which tells a team nothing;
   - it alerts on at most `max_alert_rate` of the rows (a retention team's budget), if set;
   - it leaves at least one row unflagged.
 Of the qualifying cuts the lowest is kept: the most recall the rules allow. None qualifies:
@@ -136,6 +138,7 @@ class ThresholdChoice:
     target_precision: float
     max_alert_rate: float | None
     min_alerts: int
+    min_lift: float
     rows: int
     base_rate: float
     precision: float | None = None
@@ -153,6 +156,7 @@ class ThresholdChoice:
             "target_precision": self.target_precision,
             "max_alert_rate": self.max_alert_rate,
             "min_alerts": self.min_alerts,
+            "min_lift": self.min_lift,
             "validation_rows": self.rows,
             "validation_base_rate": self.base_rate,
             "validation_precision": self.precision,
@@ -170,12 +174,15 @@ def choose_threshold(
     target_precision: float,
     max_alert_rate: float | None = None,
     min_alerts: int = 10,
+    min_lift: float = 1.1,
 ) -> ThresholdChoice:
     """The lowest cut that meets every rule of the module docstring, or None and why."""
     if not 0 < target_precision <= 1:
         raise ValueError("target precision must be in (0, 1]")
     if max_alert_rate is not None and not 0 < max_alert_rate <= 1:
         raise ValueError("the alert rate cap must be in (0, 1]")
+    if min_lift < 1:
+        raise ValueError("min_lift below 1 would accept alerts worse than random")
     y = np.asarray(labels, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     n, positives = len(y), float(y.sum()) if len(y) else 0.0
@@ -185,6 +192,7 @@ def choose_threshold(
         "target_precision": target_precision,
         "max_alert_rate": max_alert_rate,
         "min_alerts": min_alerts,
+        "min_lift": min_lift,
         "rows": n,
         "base_rate": base,
     }
@@ -209,9 +217,9 @@ def choose_threshold(
         (flagged >= min_alerts, f"no cut has {min_alerts} alerts and leaves a row unflagged"),
         (precision >= target_precision, f"no cut reaches precision {target_precision:.2f}"),
         (
-            low > base,
+            (low > base) & (low >= min_lift * base),
             f"no cut reaching precision {target_precision:.2f} is clearly above the base rate "
-            f"{base:.3f} (Wilson 95 % lower bound of its precision)",
+            f"{base:.3f} (the Wilson 95 % lower bound of its precision under {min_lift:g} x it)",
         ),
     ]
     if max_alert_rate is not None:
@@ -248,6 +256,7 @@ def choose_threshold(
         k,
         float(s_sorted[k]),
         f"the lowest cut with precision >= {target_precision:.2f}, its Wilson 95 % lower bound "
-        f"{low[k]:.3f} above the base rate {base:.3f}, at least {min_alerts} alerts"
+        f"{low[k]:.3f} at least {min_lift:g} x the base rate {base:.3f}, at least {min_alerts} "
+        "alerts"
         + (f", at most {max_alert_rate:.0%} of rows" if max_alert_rate is not None else ""),
     )

@@ -28,7 +28,7 @@ def test_a_target_below_the_base_rate_never_flags_everyone() -> None:
     assert choice.threshold is not None
     at = precision_recall_at(y, s, choice.threshold)
     assert at["alerts"] < len(y)
-    assert choice.precision_low95 is not None and choice.precision_low95 > y.mean()
+    assert choice.precision_low95 is not None and choice.precision_low95 >= 1.1 * choice.base_rate
     # The lowest score meets the target too, by flagging every row at the base rate.
     flag_all = precision_recall_at(y, s, float(s.min()))
     assert flag_all["precision"] == pytest.approx(y.mean()) and flag_all["precision"] >= 0.6
@@ -85,3 +85,14 @@ def test_too_few_alerts_give_no_threshold() -> None:
     s = np.r_[[3.0, 2.0, 1.0], np.zeros(97)]
     choice = choose_threshold(y, s, target_precision=0.9, min_alerts=10)
     assert choice.threshold is None and "10 alerts" in choice.reason
+
+
+def test_a_bound_barely_above_the_base_rate_is_not_clearly_above_it() -> None:
+    # 10,000 rows at a 0.7 base rate; the top 9,000 hold 6,450 positives: precision 0.717,
+    # its Wilson lower bound (0.708) above the base rate but under 1.1 x it (0.77).
+    y = np.r_[np.ones(6450), np.zeros(2550), np.ones(550), np.zeros(450)]
+    s = np.r_[np.full(9000, 1.0), np.zeros(1000)]
+    assert choose_threshold(y, s, target_precision=0.6, min_lift=1.0).threshold == 1.0
+    choice = choose_threshold(y, s, target_precision=0.6)
+    assert choice.threshold is None and "1.1 x" in choice.reason
+    assert choice.alerts == 9000 and choice.precision == pytest.approx(0.7167, abs=1e-4)
