@@ -121,6 +121,9 @@ class SessionIndex:
         sessions = len(self.session_offsets) - 1
         if sessions > MAX_SESSIONS:
             raise ValueError(f"at most {MAX_SESSIONS} sessions in an index, not {sessions}")
+        held = self.session_items
+        if held.size and (held.min() < self.first_id or held.max() >= self.end_id):
+            raise ValueError(f"session items outside the ids [{first_id}, {end_id}) of the index")
         owner = np.repeat(np.arange(sessions), np.diff(self.session_offsets))
         # Postings: per item, the sessions holding it, most recent first.
         order = np.lexsort((-owner, self.session_items))
