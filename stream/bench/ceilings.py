@@ -189,7 +189,13 @@ async def triton_point(
 ) -> TritonPoint:
     import tritonclient.grpc.aio as grpcclient
 
-    from stream.worker.triton_client import INPUT, ITEM_INPUT, NEXT_OUTPUTS, OUTPUTS
+    from stream.worker.triton_client import (
+        FEATURE_INPUT,
+        INPUT,
+        ITEM_INPUT,
+        NEXT_OUTPUTS,
+        OUTPUTS,
+    )
 
     tokens = sample_tokens(batch, settings.sequence_length)
     assert tokens.shape[-1] == NUM_FIELDS
@@ -206,6 +212,13 @@ async def triton_point(
         hashes.set_data_from_numpy(rng.integers(1, 1 << 32, size=tokens.shape[:2]))
         inputs.append(hashes)
         names += tuple(n for n in NEXT_OUTPUTS if any(o.name == n for o in config.output))
+    # And behaviour features where it takes them (a feature head serves churn and purchase).
+    widths = [int(i.dims[0]) for i in config.input if i.name == FEATURE_INPUT]
+    if widths:
+        features = grpcclient.InferInput(FEATURE_INPUT, [batch, widths[0]], "FP32")
+        values = np.random.default_rng(2).standard_normal((batch, widths[0]))
+        features.set_data_from_numpy(values.astype(np.float32))
+        inputs.append(features)
     outputs = [grpcclient.InferRequestedOutput(name) for name in names]
     latencies: list[float] = []
 

@@ -104,15 +104,25 @@ def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench.gpu import gpu_bench
 
     result = asyncio.run(
-        gpu_bench(settings, args.batches, args.concurrency, args.seconds, args.repeats, args.device)
+        gpu_bench(
+            settings,
+            args.batches,
+            args.concurrency,
+            args.seconds,
+            args.repeats,
+            args.device,
+            config=args.config,
+            threads=args.threads,
+        )
     )
     if args.json:
         print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
         return 0
     print(f"machine: {describe_machine()}")
     print(
-        f"model '{settings.triton_model}' version {result.version}; in process on "
-        f"{result.device} ({result.dtype}, median of {args.repeats}); Triton at "
+        f"model '{settings.triton_model}' version {result.version}; in process "
+        f"(ServedVersion, ONNX Runtime) on {result.device} ({result.dtype}, median of "
+        f"{args.repeats}); {load_average()}; Triton at "
         f"{settings.triton_grpc_url} (max_batch_size {result.max_batch_size}), best of "
         f"concurrency {','.join(map(str, args.concurrency))}, {args.seconds:g} s per point\n"
     )
@@ -358,10 +368,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     gpu.add_argument("--concurrency", type=_int_list, default=[1, 2, 4])
     gpu.add_argument("--seconds", type=float, default=3.0, help="per Triton point")
     gpu.add_argument("--repeats", type=int, default=30, help="in-process calls per batch")
-    gpu.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto")
     gpu.add_argument(
-        "--compile", action="store_true", help="torch.compile score() in process (GPU only)"
+        "--device",
+        default="auto",
+        help="ONNX Runtime's provider in process: cuda (CUDA, CPU fallback), cpu, or auto "
+        "(cuda where ORT has it)",
     )
+    gpu.add_argument("--threads", type=int, default=1, help="ORT intra-op threads in process")
     gpu.add_argument(
         "--config",
         type=Path,

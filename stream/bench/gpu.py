@@ -1,16 +1,22 @@
-"""`clickscore bench gpu`: the served model through Triton against its in-process ceiling.
+"""`clickscore bench gpu`: the served version through Triton against its in-process ceiling.
 
-One run measures both, on the same machine and the same version folder:
+One run measures both, on the same machine and the same version folder (the ONNX artifacts
+Triton serves):
 
-- in process: the served version as Triton runs it (stream/serving/version.py
-  `ServedVersion.score`, ONNX Runtime with the CUDA provider on a GPU) on full-length
-  sequences at each batch size, timed with the wall clock (outputs back on the host),
-  median of `repeats` calls after a warm-up;
+- in process: `ServedVersion.score` (stream/serving/version.py, the clickscore backend's own
+  code) on full-length sequences at each batch size, with ONNX Runtime's CUDA execution
+  provider on a GPU (`--device cuda`, CPU fallback for what CUDA does not run) or the CPU
+  provider (`--device cpu`: how this is tried where no GPU is lent), median of `repeats`
+  calls after a warm-up; ORT's `run` returns host arrays, so the wall clock is the time;
 - through Triton: `bench triton`'s closed-loop gRPC clients at each batch size and
-  concurrency, of which the best sequences/s per batch is set against the ceiling.
+  concurrency (with FEATURES where the served config takes them), of which the best
+  sequences/s per batch is set against the ceiling.
 
 Batches above the served config's `max_batch_size` are not sent to Triton (it would refuse
 them). The target on a GPU: Triton at least half of the in-process ceiling at batch 4,096.
+On a GPU machine, with the stack up: `clickscore bench gpu --config
+model_repo/clickscore/config.gpu.pbtxt --device cuda` (the config reload serves the version on
+KIND_GPU; the clickscore backend then asks ORT for CUDA).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.bench.ceilings import TritonPoint, sample_tokens, triton_grid
+from stream.bench.ceilings import TritonPoint, triton_grid
 from stream.settings import Settings
 
 
@@ -79,39 +85,54 @@ def served_max_batch_size(settings: Settings) -> int:
         return int(json.loads(response.read())["max_batch_size"])
 
 
+PROVIDERS = {
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "cpu": ("CPUExecutionProvider",),
+}
+
+
+def providers_for(device: str, available: list[str]) -> tuple[str, tuple[str, ...]]:
+    """(device used, ORT providers): "auto" is CUDA where ORT has it, else the CPU; "cuda"
+    where ORT lacks it is refused, never silently measured on the CPU."""
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError(
+                f"ONNX Runtime here has no CUDAExecutionProvider (it has {available}): "
+                "install onnxruntime-gpu, or pass --device cpu"
+            )
+        return device, PROVIDERS["cuda"]
+    if device != "cpu":
+        raise ValueError(f"--device is cuda, cuda:N, cpu or auto, not {device!r}")
+    return device, PROVIDERS["cpu"]
+
+
 def in_process_ceiling(
-    folder: Path, batches: list[int], device_name: str, repeats: int, compile: bool = False
+    folder: Path, batches: list[int], device_name: str, repeats: int, threads: int = 1
 ) -> tuple[str, str, list[CeilingPoint]]:
-    """(device, dtype, points): the version's `ServedVersion.score`, timed per batch size."""
-    import numpy as np
+    """(device, dtype, points): the version's `score`, timed per batch size."""
     import onnxruntime as ort
 
+    from stream.bench.serving import sample_inputs
     from stream.serving.version import ServedVersion
 
-    if compile:
-        raise ValueError("--compile is gone: versions are ONNX graphs, served by ONNX Runtime")
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device_name == "auto":
-        device_name = "cuda" if cuda else "cpu"
-    providers = ("CUDAExecutionProvider",) if device_name.startswith("cuda") else ()
-    version = ServedVersion.load(folder, providers=(*providers, "CPUExecutionProvider"))
-    rng = np.random.default_rng(0)
+    device, providers = providers_for(device_name, ort.get_available_providers())
+    version = ServedVersion.load(folder, intra_op_threads=threads, providers=providers)
+    quantized = (version.manifest.get("onnx") or {}).get("quantized")
     points: list[CeilingPoint] = []
     for batch in batches:
-        tokens = sample_tokens(batch, version.sequence_length).astype(np.int64)
-        hashes = rng.integers(1, 2**31, size=tokens.shape[:2], dtype=np.int64)
-        width = version.feature_count
-        features = rng.normal(size=(batch, width)).astype(np.float32) if width else None
+        x = sample_inputs(batch, version.sequence_length, version.feature_count)
         times_ms: list[float] = []
         for _ in range(3):  # warm-up: allocator, kernels, caches
-            version.score(tokens, hashes, features, 10)
+            version.score(x.tokens, x.hashes, x.features, 10)
         for _ in range(repeats):
             began = time.perf_counter()
-            version.score(tokens, hashes, features, 10)  # outputs come back to the host
+            version.score(x.tokens, x.hashes, x.features, 10)
             times_ms.append((time.perf_counter() - began) * 1000)
         median = statistics.median(times_ms)
         points.append(CeilingPoint(batch, median, batch / (median / 1000)))
-    return device_name, "float32", points
+    return device, quantized or "float32", points
 
 
 async def gpu_bench(
@@ -121,13 +142,13 @@ async def gpu_bench(
     seconds: float,
     repeats: int,
     device: str = "auto",
-    compile: bool = False,
     config: Path | None = None,
+    threads: int = 1,
 ) -> GpuBench:
     if config is not None:
         load_config(settings, config)
     folder = served_folder(settings)
-    device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats, compile)
+    device_used, dtype, ceiling = in_process_ceiling(folder, batches, device, repeats, threads)
     max_batch = served_max_batch_size(settings)
     servable = [b for b in batches if b <= max_batch]
     triton = await triton_grid(settings, servable, concurrencies, seconds)
