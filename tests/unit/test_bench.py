@@ -208,3 +208,18 @@ def test_timed_calls_warm_up_and_count_at_least_a_few() -> None:
     assert x.tokens.shape == (4, 64, 6) and x.hashes.shape == (4, 64)
     assert x.features is not None and x.features.shape == (4, 36)
     assert sample_inputs(batch=2, length=64, features=0).features is None
+
+
+def test_gpu_bench_providers_never_fall_back_silently() -> None:
+    from stream.bench.gpu import providers_for
+
+    cpu_only = ["CPUExecutionProvider"]
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("auto", cpu_only) == ("cpu", ("CPUExecutionProvider",))
+    assert providers_for("auto", both)[1][0] == "CUDAExecutionProvider"
+    assert providers_for("cuda:1", both) == ("cuda:1", tuple(both))
+    assert providers_for("cpu", both) == ("cpu", ("CPUExecutionProvider",))
+    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
+        providers_for("cuda", cpu_only)
+    with pytest.raises(ValueError):
+        providers_for("tpu", both)
