@@ -100,6 +100,27 @@ def limit_threads(settings: TrainerSettings) -> None:
     # Idle OpenMP threads sleep at once rather than spin (GNU and LLVM OpenMP read these).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("KMP_BLOCKTIME", "0")
+    if settings.train_keep_freed_memory:
+        keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """glibc serves allocations above 32 MB with mmap and unmaps them on free, so a tensor
+    made and freed every training step is faulted in page by page every step: that, not the
+    learning, was most of a tiny run's system time. No mmap (M_MMAP_MAX 0) and no trimming
+    (M_TRIM_THRESHOLD) keep freed memory in the heap for the next step. No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1))
 
 
 def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:

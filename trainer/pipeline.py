@@ -147,16 +147,41 @@ def fit(settings: TrainerSettings, history: History, labelled: Labelled, args: T
     )
     started = time.perf_counter()
     test_users = labelled.by_group["test"]
+    history_of = [e for e in history.events if e.user_id not in test_users]
     next_event = train_for_serving(
-        [e for e in history.events if e.user_id not in test_users],
-        sequence_length=settings.sequence_length,
-        tiny=args.tiny,
-        seed=seed,
+        history_of, sequence_length=settings.sequence_length, tiny=args.tiny, seed=seed
     )
     timings["next_event_s"] = time.perf_counter() - started
-    # Next items: the network until trainer/fit/next_items.py chooses among strategies.
-    served = {**served, "anomaly": None, "next_items": "network"}
-    return Fitted(heads, served, figures, encoder, next_event, timings)
+    started = time.perf_counter()
+    choice = choose_next(settings, history_of, next_event, args.tiny)
+    timings["next_items_choice_s"] = time.perf_counter() - started
+    served = {**served, "anomaly": None, "next_items": choice.strategy}
+    fitted = Fitted(heads, served, figures, encoder, next_event, timings)
+    fitted.next_items = choice
+    return fitted
+
+
+def choose_next(settings: TrainerSettings, events: list[Any], next_event: Any, tiny: bool) -> Any:
+    """Network, session kNN or a blend (trainer/fit/next_items.py), on the latest sessions of
+    the same users, split off exactly as the network's early stopping split them (the served
+    network never trained on them)."""
+    from stream.contract.tokenizer import Vocabulary as Tokens
+    from trainer.evaluate.next_click import SERVED_NEXT_TRAIN, TINY_NEXT_TRAIN
+    from trainer.fit.next_items import choose_next_items
+    from trainer.labels import sessions
+
+    network, vocab, _ = next_event
+    seqs = sessions.sequences(sessions.by_key(events, sessions=False), Tokens())
+    fraction = (TINY_NEXT_TRAIN if tiny else SERVED_NEXT_TRAIN).validation_fraction
+    fitting, validation = sessions.split_by_end(seqs, fraction)
+    return choose_next_items(
+        network,
+        vocab,
+        fitting,
+        validation,
+        sequence_length=settings.sequence_length,
+        max_sessions=settings.session_knn_max_sessions,
+    )
 
 
 def churn_scores(fitted: Any, points: Points, settings: TrainerSettings) -> np.ndarray[Any, Any]:
@@ -232,6 +257,8 @@ def export_candidate(
     store = publish.store_dir(settings)
     version = next_version(publish.served_dir(settings), store)
     vocab = Vocabulary()
+    choice = fitted.next_items
+    record = {**record, "next_items": choice.to_dict()}
     parts = ServedParts(
         served=fitted.served,
         vocabulary=vocab,
@@ -240,9 +267,10 @@ def export_candidate(
             "schema": FeatureSchema(vocab).to_dict(),
             **{task: head.to_dict() for task, head in fitted.heads.items()},
         },
-        next_event=fitted.next_event,
-        session_knn=None,
-        blend_weight=None,
+        next_event=fitted.next_event if choice.uses_network else None,
+        session_knn=choice.index if choice.uses_knn else None,
+        blend_weight=choice.blend_weight,
+        session_knn_config=choice.index.config.to_dict() if choice.uses_knn else None,
         alert_thresholds=alert,
         record={"training": record},
         sequence_length=settings.sequence_length,

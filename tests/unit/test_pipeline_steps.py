@@ -104,3 +104,28 @@ def test_stale_staging_folders_are_removed_and_versions_kept(tmp_path: Path) -> 
     assert len(removed) == 4
     for base in (publish.store_dir(settings), publish.served_dir(settings)):
         assert sorted(p.name for p in base.iterdir()) == ["4"]
+
+
+def test_train_json_prints_a_refusal_as_its_last_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from trainer.cli import main
+
+    monkeypatch.setenv("CLICKSCORE_MODEL_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("CLICKSCORE_MODEL_REPO", str(tmp_path / "repo"))
+    argv = ["train", "--data", "synthetic", "--users", "60", "--days", "4", "--json"]
+    assert main([*argv, "--no-promote"]) == 2
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["version"] is None and last["promoted"] is False and last["tasks"] == {}
+    assert "less than two churn horizons" in last["reason"]
+    assert not (tmp_path / "store").exists() and not (tmp_path / "repo").exists()
+
+
+def test_model_head_and_thresholds_are_gone() -> None:
+    from trainer.cli import main
+
+    for gone in ("head", "thresholds"):
+        with pytest.raises(SystemExit):
+            main(["model", gone])

@@ -93,25 +93,3 @@ def test_a_user_is_scored_only_where_a_churn_alert_may_fire() -> None:
     assert best["two"] == -1.0  # two events: never enough for a churn alert
     # Three events: the highest score is at the longest silence level reached (8 days).
     assert best["three"] == pytest.approx(1 / (1 + np.exp(5 - np.log1p(8 * 24))))
-
-
-def test_the_head_command_measures_without_writing(capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from trainer.cli import main
-
-    argv = ["model", "head", "--no-write", "--json", "--users", "80", "--check-users", "60"]
-    argv += ["--threshold-seeds", "2", "--heldout-seeds", "4"]
-    assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert "written" not in report
-    assert report["training"]["users"] == 80 and report["training"]["churn_label"] == "stopped"
-    assert set(report["picked"]) == {"churn", "purchase"}
-    held = report["heldout"]
-    assert held["seeds"] == [4] and held["users"] == 60
-    if report["threshold"]["threshold"] is not None:
-        assert 0 <= held["recall"] <= 1 and held["base_rate"] == pytest.approx(0.25)
-    with pytest.raises(SystemExit):  # training on the demo's own users
-        main(["model", "head", "--no-write", "--seed", "0"])
-    with pytest.raises(SystemExit):  # the threshold picked on held-out users
-        main(["model", "head", "--no-write", "--threshold-seeds", "4", "--heldout-seeds", "4"])

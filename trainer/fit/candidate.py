@@ -43,6 +43,7 @@ class Fitted:
     encoder: Any = None  # trainer.fit.encoder.ClickscoreModel when trained
     next_event: tuple[Any, Any, dict[str, Any]] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    next_items: Any = None  # trainer/fit/next_items.py NextItemsChoice
 
 
 def finite_features(points: Points, vocab: Vocabulary, group: str) -> npt.NDArray[np.float64]:
