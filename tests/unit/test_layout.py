@@ -26,6 +26,7 @@ TRAINER_MAY_IMPORT = (
     "stream.kafka_security",  # reading recent history from the events topic
     "stream.console",  # progress bars of `clickscore train`
     "stream.scoring",  # the alert rules, which the anomaly threshold is measured beside
+    "stream.serving",  # a version as served (ServedVersion, item vocabulary, session kNN)
 )
 MOST_MODULES_PER_FOLDER = 13
 

@@ -13,6 +13,7 @@ versions are immutable, and retiring it is a separate, deliberate `git rm`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -145,12 +146,13 @@ def migrate(folder: Path, root: Path, *, quantize: bool = False) -> Path:
     )
     # Staged under a name Triton ignores, completed with its drift reference (scored through
     # the staged folder, as served), then renamed: nothing writes into a version afterwards.
-    from trainer.reference import write_reference
+    from trainer.reference import version_reference, write_reference
 
     final = root / str(next_version(root))
     staged = export_version(parts, root / f".{final.name}.migrating", quantize=quantize)
     try:
-        write_reference(staged)
+        reference = dataclasses.replace(version_reference(staged), version=final.name)
+        write_reference(staged, reference)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
