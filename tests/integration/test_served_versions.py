@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 import tritonclient.grpc.aio as grpcclient
@@ -26,7 +27,7 @@ ENCODER_MODEL = "clickscore-encoder"
 OUTPUTS = ("CHURN", "PURCHASE", "ANOMALY", "ANOMALY_THRESHOLD", "NEXT_ITEMS", "NEXT_PURCHASE")
 
 
-def _tokens(length: int) -> np.ndarray:
+def _tokens(length: int) -> npt.NDArray[np.int64]:
     vocab = Vocabulary()
     by_user, _, end_ms = synthetic_users(SyntheticConfig(users=12, days=3, seed=5))
     states = [
