@@ -239,13 +239,18 @@ def _serving_command(settings: Settings, args: argparse.Namespace) -> int:
         f"version folder {folder}; {args.threads} thread(s) in process; "
         f"{args.seconds:g} s per point\n"
     )
-    print("| runtime | batch | calls | sequences/s | cores | sequences/s per core | load |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print(
+        "| runtime | batch | calls | sequences/s | cores | sequences/s per core "
+        "| sequences per CPU-second | load |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 
     def show(row: ServingRow) -> None:
         print(
             f"| {row.runtime} | {row.batch} | {row.calls} | {row.sequences_per_s:,.0f} "
-            f"| {row.cores:g} | {row.sequences_per_s_per_core:,.0f} | {load_average()} |",
+            f"| {row.cores:g} | {row.sequences_per_s_per_core:,.0f} "
+            f"| {'-' if row.sequences_per_cpu_s is None else f'{row.sequences_per_cpu_s:,.0f}'} "
+            f"| {load_average()} |",
             flush=True,
         )
 

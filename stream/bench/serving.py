@@ -51,6 +51,9 @@ class ServingRow:
     calls: int
     sequences_per_s: float
     cores: float  # what the runtime was allowed: threads in process, Triton's served cores
+    # In process only: sequences per second of this process's CPU time, which a loaded
+    # machine's waits for a core do not dilute (None for Triton, another process).
+    sequences_per_cpu_s: float | None = None
 
     @property
     def sequences_per_s_per_core(self) -> float:
@@ -77,15 +80,16 @@ def sample_inputs(batch: int, length: int, features: int, seed: int = 0) -> Inpu
     return Inputs(sample_tokens(batch, length, seed), hashes, values)
 
 
-def timed_calls(call: Callable[[], object], seconds: float) -> tuple[int, float]:
-    """(calls, elapsed s): a warm-up, then calls until `seconds` have passed (at least a few)."""
+def timed_calls(call: Callable[[], object], seconds: float) -> tuple[int, float, float]:
+    """(calls, elapsed s, process CPU s): a warm-up, then calls until `seconds` have passed
+    (at least a few)."""
     for _ in range(WARMUP_CALLS):
         call()
-    calls, started = 0, time.perf_counter()
+    calls, started, cpu = 0, time.perf_counter(), time.process_time()
     while calls < MIN_CALLS or time.perf_counter() - started < seconds:
         call()
         calls += 1
-    return calls, time.perf_counter() - started
+    return calls, time.perf_counter() - started, time.process_time() - cpu
 
 
 def rows_json(rows: Sequence[ServingRow]) -> dict[str, object]:
@@ -97,6 +101,9 @@ def rows_json(rows: Sequence[ServingRow]) -> dict[str, object]:
                 "sequences_per_s_per_core": round(r.sequences_per_s_per_core, 1),
                 "sequences_per_s": round(r.sequences_per_s, 1),
                 "cores": r.cores,
+                "sequences_per_cpu_s": (
+                    None if r.sequences_per_cpu_s is None else round(r.sequences_per_cpu_s, 1)
+                ),
             }
             for r in rows
         ]
@@ -123,8 +130,11 @@ def in_process_rows(
         def call(x: Inputs = x) -> object:
             return version.score(x.tokens, x.hashes, x.features, k)
 
-        calls, elapsed = timed_calls(call, seconds)
-        rows.append(ServingRow(runtime, batch, calls, calls * batch / elapsed, float(threads)))
+        calls, elapsed, cpu = timed_calls(call, seconds)
+        per_cpu = calls * batch / cpu if cpu > 0 else None
+        rows.append(
+            ServingRow(runtime, batch, calls, calls * batch / elapsed, float(threads), per_cpu)
+        )
     return rows
 
 

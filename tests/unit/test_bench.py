@@ -202,8 +202,9 @@ def test_timed_calls_warm_up_and_count_at_least_a_few() -> None:
     from stream.bench.serving import MIN_CALLS, WARMUP_CALLS, sample_inputs, timed_calls
 
     made: list[int] = []
-    calls, elapsed = timed_calls(lambda: made.append(1), seconds=0.0)
-    assert calls == MIN_CALLS and len(made) == WARMUP_CALLS + MIN_CALLS and elapsed >= 0
+    calls, elapsed, cpu = timed_calls(lambda: made.append(1), seconds=0.0)
+    assert calls == MIN_CALLS and len(made) == WARMUP_CALLS + MIN_CALLS
+    assert elapsed >= 0 and cpu >= 0
     x = sample_inputs(batch=4, length=64, features=36)
     assert x.tokens.shape == (4, 64, 6) and x.hashes.shape == (4, 64)
     assert x.features is not None and x.features.shape == (4, 36)
