@@ -125,6 +125,8 @@ def keep_freed_memory() -> None:
 
 def run_train(settings: TrainerSettings, args: argparse.Namespace) -> int:
     limit_threads(settings)
+    # The pipeline's steps on stderr; stdout keeps the result (and --json's last line).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from trainer.history import HistoryRefused
     from trainer.pipeline import TrainArgs, run
 

@@ -408,12 +408,22 @@ def run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
 def _run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
     publish.clean_stale(settings)
     started = time.perf_counter()
+
+    def step(name: str) -> None:
+        log.info("%s (%.0f s in)", name, time.perf_counter() - started)
+
+    step("history")
     history = load_history(settings, args.source)
+    step(f"labels: {len(history.events)} events")
     labelled = labels(settings, history, args.source.seed)
+    step("fit")
     fitted = fit(settings, history, labelled, args)
+    step(f"thresholds: served {fitted.served}")
     alert = thresholds(settings, fitted, labelled, history)
     record = training_record(settings, history, args, fitted)
+    step("export")
     version, scratch = export_candidate(settings, fitted, alert, record)
+    step(f"evaluate v{version} against the serving version")
     tasks, unmeasured = evaluate(settings, scratch, labelled, history, args.source.seed)
     decision = decide(tasks, settings.promotion_margin)
     if unmeasured is not None:
