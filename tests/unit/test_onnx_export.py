@@ -66,7 +66,7 @@ def encoder(data: dict[str, tuple[Array, Array]]) -> ClickscoreModel:
 
 def _item_vocabulary() -> ItemVocabulary:
     # The synthetic catalogue's item ids (stream/datasets/synthetic.py), most of them known.
-    items = tuple(f"i{n}" for n in range(1500))
+    items = tuple(f"i{n}" for n in range(2400))
     return ItemVocabulary(items, tuple(item_hash(i) for i in items), oov_buckets=16)
 
 
@@ -224,3 +224,65 @@ def test_a_format_1_folder_is_refused_with_the_migrate_command(tmp_path: Path) -
     (folder / "model_config.json").write_text(json.dumps({"model": {}, "vocabulary": {}}))
     with pytest.raises(ValueError, match="clickscore model migrate --version 6"):
         ServedVersion.load(folder)
+
+
+def _session_index(items: ItemVocabulary, hashes: Array) -> Any:
+    """An index of sessions cut from other users' item sequences (the calibration users)."""
+    from stream.serving.session_knn import KnnConfig, SessionIndex
+
+    rows = [r[r >= 2] for r in items.ids(hashes)[::7]]
+    sessions = [r[-8:] for r in rows if r.size]
+    return SessionIndex.build(
+        sessions,
+        list(range(len(sessions))),
+        [f"s{i}" for i in range(len(sessions))],
+        KnnConfig(k=50, sample_size=200),
+        first_id=2,
+        end_id=2 + len(items.items),
+        items=items,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["session_knn", "blend"])
+def test_session_knn_and_blend_are_served_as_the_index_and_blend_top_give_them(
+    strategy: str,
+    next_event: tuple[NextEventModel, ItemVocabulary, dict[str, object]],
+    data: dict[str, tuple[Array, Array]],
+    tmp_path: Path,
+) -> None:
+    from stream.serving.session_knn import blend_top
+
+    items = next_event[1]
+    index = _session_index(items, data["calibration"][1])
+    tokens, hashes = data["heldout"]
+    tokens, hashes = tokens[:300], hashes[:300]
+    parts = _parts(
+        None,
+        next_event if strategy == "blend" else None,
+        {"churn": None, "purchase": None, "anomaly": None, "next_items": strategy},
+        {},
+    )
+    parts.session_knn = index
+    parts.session_knn_config = index.config.to_dict()
+    parts.blend_weight = 0.5 if strategy == "blend" else None
+    folder = export_version(parts, tmp_path / "1")
+    assert (folder / "session_knn.npz").exists()
+    assert (folder / "next_event.onnx").exists() == (strategy == "blend")
+    version = ServedVersion.load(folder)
+    served = version.score(tokens, hashes, None, k=10)
+    ids = items.ids(hashes)
+    want_ids, want_scores = index.recommend(ids, 10)
+    if strategy == "blend":
+        # The network's side as served (ORT; its parity with eager is tested above): a row
+        # whose mass went to a hashed bucket ties every item, and eager breaks ties otherwise.
+        assert version.next_event is not None
+        feeds = {"ITEMS": ids, "TYPES": tokens[:, :, 0].copy(), "GAPS": tokens[:, :, 4].copy()}
+        top, probs, _ = version.next_event.run(None, feeds)
+        want_ids, want_scores = blend_top(top, probs, want_ids, want_scores, 0.5, 10)
+    else:
+        assert np.isnan(served["NEXT_PURCHASE"]).all()  # the index knows no event types
+    names = np.array([b"", b"", *(i.encode() for i in items.items)], dtype=object)
+    expected = np.where(want_ids > 0, names[np.clip(want_ids, 0, len(names) - 1)], b"")
+    assert (served["NEXT_ITEMS"] != b"").any()
+    np.testing.assert_allclose(served["NEXT_ITEM_PROBS"], want_scores, atol=1e-5, rtol=0)
+    assert (served["NEXT_ITEMS"] == expected).all()
