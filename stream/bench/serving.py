@@ -184,25 +184,31 @@ def triton_cores(config: Any, cpus: int, threads_per_instance: int) -> float:
 async def triton_rows(
     settings: Settings, batches: Sequence[int], seconds: float, cores: float | None
 ) -> list[ServingRow]:
-    from stream.worker.triton_client import TritonScorer
+    import tritonclient.grpc.aio as grpcclient
 
-    worker = settings.model_copy(update={"batch_size": max(batches)})
-    scorer = TritonScorer(worker)
+    from stream.worker.triton_client import FEATURE_INPUT, TritonScorer
+
+    reader = grpcclient.InferenceServerClient(settings.triton_grpc_url)
+    try:
+        config = (await reader.get_model_config(settings.triton_model)).config
+    finally:
+        await reader.close()
+    threads = settings.serving_intra_op_threads
+    allowed = cores or triton_cores(config, os.cpu_count() or 1, threads)
+    width = next((int(i.dims[0]) for i in config.input if i.name == FEATURE_INPUT), 0)
+    # One request per call: the worker's client splits a window at batch_size.
+    scorer = TritonScorer(settings.model_copy(update={"batch_size": max(batches)}))
     await scorer.start()
     try:
-        assert scorer._client is not None
-        config = (await scorer._client.get_model_config(settings.triton_model)).config
-        threads = settings.serving_intra_op_threads
-        allowed = cores or triton_cores(config, os.cpu_count() or 1, threads)
-        width = next((int(i.dims[0]) for i in config.input if i.name == "FEATURES"), 0)
         rows = []
         for batch in batches:
             x = sample_inputs(batch, settings.sequence_length, width)
+            tokens = x.tokens.astype(np.int32)  # what the worker's padding hands the client
             for _ in range(WARMUP_CALLS):
-                await scorer.score(x.tokens.astype(np.int32), x.hashes, x.features)
+                await scorer.score(tokens, x.hashes, x.features)
             calls, started = 0, time.perf_counter()
             while calls < MIN_CALLS or time.perf_counter() - started < seconds:
-                await scorer.score(x.tokens.astype(np.int32), x.hashes, x.features)
+                await scorer.score(tokens, x.hashes, x.features)
                 calls += 1
             elapsed = time.perf_counter() - started
             rows.append(ServingRow("triton", batch, calls, calls * batch / elapsed, allowed))
