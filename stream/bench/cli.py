@@ -115,9 +115,6 @@ def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
             threads=args.threads,
         )
     )
-    if args.json:
-        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
-        return 0
     print(f"machine: {describe_machine()}")
     print(
         f"model '{settings.triton_model}' version {result.version}; in process "
@@ -142,6 +139,8 @@ def _gpu_command(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"| {point.batch:,} | {point.median_ms:.2f} | {point.sequences_per_s:,.0f} | {served} |"
         )
+    if args.json:  # last, as one line
+        print(json.dumps({"machine": describe_machine(), **dataclasses.asdict(result)}))
     return 0
 
 
@@ -386,7 +385,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
         default=None,
         help="first reload the served model with this config.pbtxt (e.g. config.gpu.pbtxt)",
     )
-    gpu.add_argument("--json", action="store_true", help="print one JSON object")
+    gpu.add_argument("--json", action="store_true", help="end with one JSON line")
     gpu.set_defaults(handler=_gpu_command)
     worker = targets.add_parser("worker", help="end-to-end events/s of one worker process")
     worker.add_argument("--users", type=int, default=2000)
