@@ -79,7 +79,7 @@ class ModelFailure(RuntimeError):
 class ModelScores:
     churn: npt.NDArray[np.float32]
     purchase: npt.NDArray[np.float32]
-    anomaly: npt.NDArray[np.float32]
+    anomaly: npt.NDArray[np.float32]  # NaN: the version serves none (no alert, NULL stored)
     model_versions: list[str]  # per row: a hot swap may land between two requests
     # Per row: why Triton refused the request holding it (INVALID_ARGUMENT), or None; empty
     # when no row was refused.
