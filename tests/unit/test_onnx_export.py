@@ -6,8 +6,10 @@ Tolerances (stated, and held with room on this data): fp32 ONNX Runtime against 
 PyTorch within 1e-5 on churn, purchase and calibrated anomaly probabilities and 1e-4 on the
 raw surprise (float reduction order differs); the same top next items wherever eager's
 probabilities are not tied within 1e-5. int8 dynamic quantisation moves probabilities by
-up to a few hundredths: it is measured in /tmp/notes/serving.md and BENCHMARKS.md, and
-here only bounded loosely (0.1) so that a broken quantisation fails.
+a few hundredths (measured on version 6's encoder over 42,826 scoring points of 300
+synthetic users: churn up to 0.045, purchase 0.011, anomaly 0.030; 38 churn alert decisions
+of 42,826 differ at the 85th percentile; version 7's next items keep the same top item on
+99.96 %), so here it is only bounded loosely (0.1), enough for a broken quantisation to fail.
 """
 
 from __future__ import annotations
