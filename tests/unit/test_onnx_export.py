@@ -28,6 +28,7 @@ from stream.contract.state import stack_item_hashes, stack_padded
 from stream.contract.tokenizer import Vocabulary, item_hash
 from stream.datasets.synthetic import SyntheticConfig
 from stream.serving.version import ServedVersion
+from stream.settings import PROJECT_ROOT
 from trainer.export.version_folder import ServedParts, export_version
 from trainer.fit.encoder import ClickscoreModel, ModelConfig
 from trainer.fit.next_event import ItemVocabulary, NextEventConfig, NextEventModel
@@ -288,3 +289,22 @@ def test_session_knn_and_blend_are_served_as_the_index_and_blend_top_give_them(
     assert (served["NEXT_ITEMS"] != b"").any()
     np.testing.assert_allclose(served["NEXT_ITEM_PROBS"], want_scores, atol=1e-5, rtol=0)
     assert (served["NEXT_ITEMS"] == expected).all()
+
+
+def test_anomaly_beside_a_feature_head_runs_only_the_encoders_surprise_pass(
+    encoder: ClickscoreModel, data: dict[str, tuple[Array, Array]], tmp_path: Path
+) -> None:
+    served_by = {"churn": "feature_head", "purchase": "feature_head", "anomaly": "encoder"}
+    parts = _parts(encoder, None, {**served_by, "next_items": None}, {})
+    head = json.loads((PROJECT_ROOT / "model_repo/clickscore/7/model_config.json").read_text())
+    parts.feature_head = head["feature_head"]
+    version = ServedVersion.load(export_version(parts, tmp_path / "1"))
+    assert version.encoder is not None
+    assert [o.name for o in version.encoder.get_outputs()] == ["SURPRISE"]
+    tokens, _ = data["heldout"]
+    features = np.zeros((len(tokens), version.feature_count), dtype=np.float32)
+    served = version.score(tokens, None, features, 0)
+    with torch.inference_mode():
+        eager = encoder.score(torch.from_numpy(tokens))
+    np.testing.assert_allclose(served["ANOMALY"][:, 0], eager.anomaly.numpy(), atol=1e-5, rtol=0)
+    assert np.isfinite(served["CHURN"]).all() and np.isnan(served["ANOMALY_THRESHOLD"]).all()

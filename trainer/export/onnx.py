@@ -26,25 +26,29 @@ EVENT_TYPE, GAP = 0, 4  # TOKENS fields the next-event network reads
 
 
 class ServedEncoder(nn.Module):
-    """tokens (B, L, F) -> churn and purchase probabilities (B,), and the raw surprise (B,)
-    only when the version serves anomaly (it costs a second pass of the encoder)."""
+    """tokens (B, L, F) -> what the version serves from the encoder: churn and purchase
+    probabilities (B,) from one pass, the raw surprise (B,) from a second, masked pass."""
 
-    def __init__(self, model: ClickscoreModel, *, surprise: bool) -> None:
+    def __init__(self, model: ClickscoreModel, *, surprise: bool, scores: bool = True) -> None:
         super().__init__()
+        if not (scores or surprise):
+            raise ValueError("an encoder graph with no output")
         self.model = model
+        self.with_scores = scores
         self.with_surprise = surprise
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model.forward(tokens)
-        churn = torch.sigmoid(out["churn"].float())
-        purchase = torch.sigmoid(out["purchase"].float())
-        if not self.with_surprise:
-            return churn, purchase
-        return churn, purchase, self.model.surprise(tokens).float()
+        outputs: tuple[torch.Tensor, ...] = ()
+        if self.with_scores:
+            out = self.model.forward(tokens)
+            outputs = (torch.sigmoid(out["churn"].float()), torch.sigmoid(out["purchase"].float()))
+        if self.with_surprise:
+            outputs = (*outputs, self.model.surprise(tokens).float())
+        return outputs
 
 
-def encoder_outputs(surprise: bool) -> tuple[str, ...]:
-    return ("CHURN", "PURCHASE", "SURPRISE") if surprise else ("CHURN", "PURCHASE")
+def encoder_outputs(surprise: bool, scores: bool = True) -> tuple[str, ...]:
+    return ("CHURN", "PURCHASE") * scores + ("SURPRISE",) * surprise
 
 
 class ServedNextEvent(nn.Module):
@@ -96,11 +100,15 @@ def _export(
     return buffer.getvalue()
 
 
-def export_encoder(model: ClickscoreModel, path: Path, *, surprise: bool) -> None:
+def export_encoder(
+    model: ClickscoreModel, path: Path, *, scores: bool = True, surprise: bool
+) -> None:
+    """Only the passes the served outputs need: `scores` (churn, purchase), `surprise`."""
     config = model.config
     example = torch.ones((2, config.sequence_length, len(config.field_sizes)), dtype=torch.long)
-    module = ServedEncoder(model, surprise=surprise)
-    path.write_bytes(_export(module, (example,), ENCODER_INPUTS, encoder_outputs(surprise)))
+    module = ServedEncoder(model, scores=scores, surprise=surprise)
+    names = encoder_outputs(scores=scores, surprise=surprise)
+    path.write_bytes(_export(module, (example,), ENCODER_INPUTS, names))
 
 
 def export_next_event(model: NextEventModel, path: Path, k: int) -> None:

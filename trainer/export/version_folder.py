@@ -129,9 +129,9 @@ def _write_networks(parts: ServedParts, staging: Path, *, quantize: bool) -> int
     lengths = {parts.sequence_length}
     if "encoder" in served.values():
         assert parts.encoder is not None
-        onnx.export_encoder(
-            parts.encoder, staging / ENCODER, surprise=served.get("anomaly") == "encoder"
-        )
+        scores = "encoder" in (served.get("churn"), served.get("purchase"))
+        surprise = served.get("anomaly") == "encoder"
+        onnx.export_encoder(parts.encoder, staging / ENCODER, scores=scores, surprise=surprise)
         lengths.add(parts.encoder.config.sequence_length)
     strategy = served.get("next_items")
     if strategy in ("network", "blend"):
