@@ -45,6 +45,7 @@ from stream.bench.latency_report import (
     TRITON_CLIENT,
     TritonTimes,
     histogram_mean_ms,
+    stage_means_ms,
     stage_quantiles_ms,
     triton_times,
 )
@@ -52,7 +53,7 @@ from stream.bench.worker import bench_settings
 from stream.contract.events import Event
 from stream.db.models import Alert
 from stream.ops.progress import wait_for_scores
-from stream.ops.promstats import parse_worker_metrics, stage_means
+from stream.ops.promstats import parse_worker_metrics
 from stream.ops.replay import replay
 from stream.ops.scrape import fetch_text, metrics_url
 from stream.scoring.scores import is_event_triggered
@@ -79,7 +80,7 @@ class LatencyPoint:
     alert_ms: tuple[float, float, float]
     drain_s: float  # last send -> last score needed
     window_events: float  # mean events per window, from the worker's metrics
-    stage_ms: dict[str, float]  # mean ms per window in each pipeline stage
+    stage_ms: dict[str, float]  # mean ms per window in each pipeline stage (warm-up left out)
     stage_p99_ms: dict[str, float]  # p99 ms per window in each stage (from the buckets)
     triton_client_ms: float  # mean ms of one Triton request as the worker's client saw it
     triton: dict[str, float]  # Triton's own figures per request (TritonTimes.per_request_ms)
@@ -178,7 +179,7 @@ async def measure_rate(
         alert_ms=percentiles_ms(alert_s),
         drain_s=max(0.0, done_s - last_s),
         window_events=parse_worker_metrics(text).window_events.mean or 0.0,
-        stage_ms={stage: mean * 1000 for stage, mean in stage_means(text).items()},
+        stage_ms=stage_means_ms(text, worker_before),
         stage_p99_ms=stage_quantiles_ms(text, worker_before, 0.99),
         triton_client_ms=histogram_mean_ms(text, worker_before, TRITON_CLIENT),
         triton=triton.per_request_ms(),

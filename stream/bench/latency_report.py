@@ -114,6 +114,12 @@ def stage_quantiles_ms(text: str, before: str, q: float) -> dict[str, float]:
     return {k: v * 1000 for k, v in quantiles.items() if v is not None}
 
 
+def stage_means_ms(text: str, before: str) -> dict[str, float]:
+    """The mean ms of each window stage observed between two scrapes of a worker."""
+    means = {k: h.mean for k, h in _since(text, before, STAGES, "stage").items()}
+    return {k: v * 1000 for k, v in means.items() if v is not None}
+
+
 def histogram_mean_ms(text: str, before: str, name: str) -> float:
     """The mean ms of `name` observed between two scrapes (NaN without an observation)."""
     mean = _since(text, before, name, None).get("", Histogram()).mean

@@ -135,17 +135,20 @@ def test_stage_quantiles_and_means_count_only_the_interval() -> None:
     from stream.bench.latency_report import (
         TRITON_CLIENT,
         histogram_mean_ms,
+        stage_means_ms,
         stage_quantiles_ms,
     )
 
-    def text(score_counts: tuple[int, int, int], client: tuple[int, float]) -> str:
+    def text(
+        score_counts: tuple[int, int, int], client: tuple[int, float], score_sum: float
+    ) -> str:
         fast, slow, total = score_counts
         return f"""# TYPE clickscore_window_stage_seconds histogram
 clickscore_window_stage_seconds_bucket{{stage="score",le="0.1"}} {fast}
 clickscore_window_stage_seconds_bucket{{stage="score",le="1.0"}} {slow}
 clickscore_window_stage_seconds_bucket{{stage="score",le="+Inf"}} {total}
 clickscore_window_stage_seconds_count{{stage="score"}} {total}
-clickscore_window_stage_seconds_sum{{stage="score"}} 1.0
+clickscore_window_stage_seconds_sum{{stage="score"}} {score_sum}
 # TYPE {TRITON_CLIENT} histogram
 {TRITON_CLIENT}_bucket{{le="1.0"}} {client[0]}
 {TRITON_CLIENT}_bucket{{le="+Inf"}} {client[0]}
@@ -154,11 +157,14 @@ clickscore_window_stage_seconds_sum{{stage="score"}} 1.0
 """
 
     # Before: one slow warm-up window. After: 100 more, all fast.
-    before, after = text((0, 1, 1), (1, 0.9)), text((100, 101, 101), (11, 1.4))
+    before = text((0, 1, 1), (1, 0.9), score_sum=0.9)
+    after = text((100, 101, 101), (11, 1.4), score_sum=0.9 + 100 * 0.05)
     assert stage_quantiles_ms(after, before, 0.99)["score"] == pytest.approx(99.0)
     assert stage_quantiles_ms(after, before, 1.0)["score"] == pytest.approx(100.0)
     assert stage_quantiles_ms(after, "", 1.0)["score"] == pytest.approx(1000.0)  # warm-up in
     assert histogram_mean_ms(after, before, TRITON_CLIENT) == pytest.approx(50.0)
+    assert stage_means_ms(after, before)["score"] == pytest.approx(50.0)
+    assert stage_means_ms(after, "")["score"] == pytest.approx(5900.0 / 101)  # warm-up in
     assert math.isnan(histogram_mean_ms(before, before, TRITON_CLIENT))
 
 
