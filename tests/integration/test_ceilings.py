@@ -154,3 +154,25 @@ def test_bench_serving_measures_each_runtime_and_names_what_it_cannot(
     # repository: the torch row is named as not measured, with how to give them.
     assert len(missing) == 1 and missing[0].startswith("torch:"), missing
     assert "--torch-from" in missing[0]
+
+
+def test_bench_latency_command_measures_saturation_then_half_of_it_and_ends_with_json(
+    settings: Settings,
+) -> None:
+    settings = worker_settings(settings)
+    migrate.upgrade(settings)
+    argv = [sys.executable, "-m", "stream.cli", "bench", "latency", "--json", "--users", "40"]
+    argv += ["--days", "2", "--seconds", "2", "--saturation-events", "600"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSCORE_")}
+    done = subprocess.run(
+        argv, env=env | settings.as_environment(), capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    saturation = line["saturation_events_per_s"]
+    assert saturation > 0
+    offered = [r["offered_events_per_s"] for r in line["rates"]]
+    assert offered and any(r <= saturation / 2 for r in offered)
+    for rate in line["rates"]:
+        assert 0 < rate["p50_ms"] <= rate["p99_ms"]
+    assert "saturation:" in done.stdout and "| offered events/s |" in done.stdout  # the text too
