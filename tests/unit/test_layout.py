@@ -144,3 +144,31 @@ def test_the_rules_see_real_imports() -> None:
     assert "stream.worker.pipeline" in graph["stream.worker.main"]
     assert "stream.contract.events" in graph["trainer.labels.sequences"]
     assert "stream.ops.dlq" in graph["stream.cli"]
+
+
+def _external_imports(path: Path) -> set[str]:
+    """Top-level names of every library `path` imports, at the top or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_serving_runs_a_version_from_its_data_without_torch() -> None:
+    """What Triton runs reads ONNX graphs and numbers: no torch, no trainer, nowhere in the
+    serving modules or the project modules they import."""
+    graph = _graph()
+    modules = _modules()
+    reached: set[str] = set()
+    todo = [m for m in modules if _within(m, ("stream.serving",))]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    assert not {m for m in reached if _within(m, ("trainer",))}
+    heavy = {"torch", "transformers", "sklearn", "peft"}
+    assert {m: found for m in reached if (found := _external_imports(modules[m]) & heavy)} == {}
