@@ -232,13 +232,17 @@ class LiveView:
         return snapshot(self._state, time.monotonic())
 
     async def wait_for_worker(self, timeout_s: float, alive: Any) -> None:
-        """Until the worker's metrics endpoint answers (its app is built and serving)."""
+        """Until the worker owns partitions with their states restored, so that the replay's
+        first events are read at once rather than wait out the group join (which would count
+        the join, not the pipeline, in the event-triggered latency)."""
         deadline = time.monotonic() + timeout_s
-        while await self._scrape() is None:
+        while (metrics := await self._scrape()) is None or metrics.ready_partitions == 0:
             if not alive():
                 raise RuntimeError("the worker exited; see its log")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no metrics at {self.metrics_url} within {timeout_s} s")
+                raise TimeoutError(
+                    f"the worker at {self.metrics_url} owned no partition within {timeout_s} s"
+                )
             await asyncio.sleep(0.25)
 
     async def __aenter__(self) -> LiveView:

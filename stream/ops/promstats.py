@@ -102,6 +102,8 @@ class WorkerMetrics:
     window_users: Histogram = Histogram()
     event_to_score: Histogram = Histogram()  # event-triggered scores only
     assigned_partitions: int = 0  # partitions with a consumer-lag sample
+    # clickscore_assigned_partitions: owned and restored (None: a worker without the gauge)
+    ready_partitions: int | None = None
     silent_rescored: float = 0.0
     silent_due: float | None = None  # None: a worker that does not export the gauge
 
@@ -119,6 +121,7 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
     buckets: dict[str, list[tuple[float, float]]] = {name: [] for name in _HISTOGRAMS}
     sums: dict[str, float] = {}
     lag_partitions = 0
+    ready: int | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, float(sample.value)
@@ -128,6 +131,8 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
                 alerts[labels.get("kind", "?")] = value
             elif name == "clickscore_consumer_lag":
                 lag_partitions += 1
+            elif name == "clickscore_assigned_partitions":
+                ready = int(value)
             elif name in (
                 "clickscore_events_consumed_total",
                 "clickscore_scores_emitted_total",
@@ -149,6 +154,7 @@ def parse_worker_metrics(text: str) -> WorkerMetrics:
         dead_letters=counters.get("dead_letters", 0.0),
         alerts=alerts,
         assigned_partitions=lag_partitions,
+        ready_partitions=ready,
         silent_rescored=counters.get("clickscore_silent_rescored_total", 0.0),
         silent_due=counters.get("clickscore_silent_rescores_due"),
         **histograms,

@@ -97,6 +97,11 @@ WINDOWS_ISOLATED = Counter(
     "clickscore_windows_isolated",
     "Windows that failed as a whole and were processed again one message at a time.",
 )
+ASSIGNED_PARTITIONS = Gauge(
+    "clickscore_assigned_partitions",
+    "Partitions of the events topic this worker owns with their states restored (0 while it "
+    "joins its group or rebalances): above 0, events sent now are read at once.",
+)
 CONSUMER_LAG = Gauge(
     "clickscore_consumer_lag",
     "Highwater minus position per assigned partition (as the broker reports highwater).",

@@ -11,6 +11,7 @@ from faust.stores.memory import Store as MemoryStore
 
 from stream.faust_ext import in_partition_of
 from stream.settings import WorkerSettings
+from stream.worker import metrics
 
 TABLE_NAME = "user_state"
 
@@ -52,6 +53,7 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
         generation_id: int = 0,
     ) -> None:
         # Before the store lets go of revoked partitions: nothing may be reading them then.
+        metrics.ASSIGNED_PARTITIONS.set(0)
         for listener in self._listeners:
             await listener.rebalancing()
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
@@ -61,6 +63,7 @@ class UserStateTable(faust.Table):  # type: ignore[misc]
         # resumes the streams only after this returns.
         await super().on_recovery_completed(active_tps, standby_tps)
         partitions = {tp.partition for tp in active_tps}
+        metrics.ASSIGNED_PARTITIONS.set(len(partitions))
         for listener in self._listeners:
             await listener.assigned(partitions)
 

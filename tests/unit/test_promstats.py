@@ -118,3 +118,13 @@ def test_snapshot_rates_and_plain_line() -> None:
     assert view.latency_p50_s is not None and 0.01 <= view.latency_p50_s <= 0.05
     line = plain_line(view, {"replay": (10, 20)})
     assert "2,000 events/s" in line and "replay 10/20" in line and "churn 1" in line
+
+
+def test_parse_worker_metrics_reads_the_partitions_the_worker_owns() -> None:
+    """The demo replays only once this is above 0: before, events wait out the group join."""
+    registry = CollectorRegistry()
+    owned = Gauge("clickscore_assigned_partitions", "x", registry=registry)
+    assert parse_worker_metrics(generate_latest(registry).decode()).ready_partitions == 0
+    owned.set(4)
+    assert parse_worker_metrics(generate_latest(registry).decode()).ready_partitions == 4
+    assert parse_worker_metrics("").ready_partitions is None  # a worker without the gauge
