@@ -392,12 +392,11 @@ class TrainerSettings(
 ):
     """`clickscore train`, `clickscore model` and `clickscore evaluate`."""
 
-    promotion_metric: str = Field(
-        "mean_roc_auc",
-        description="Held-out metric the promotion gate compares (higher is better).",
-    )
     promotion_margin: float = Field(
-        0.005, ge=0, description="How far below the serving model a candidate may score."
+        0.005,
+        ge=0,
+        description="The gate refuses a candidate when a served task's paired difference to the "
+        "serving version lies, with its whole 95 % interval, below minus this.",
     )
     model_store: Path = Field(
         PROJECT_ROOT / ".clickscore" / "models",

@@ -9,6 +9,9 @@ of threshold on every served task:
 - a value threshold (a floor) where one means something: a ROC-AUC whose interval does not
   clear 0.5 ranks no better than chance, and is refused even when nothing serves the task.
 
+An alert kind is judged on the precision its threshold promised first, then on recall
+(`alert_verdict`): raising the precision of alerts that broke their promise is no regression.
+
 Verdicts: "better" (difference interval above 0), "not worse", "worse", and "new" when the
 serving version does not serve the task. A task the serving version serves and the candidate
 does not is measured as the candidate's (an alert kind with no threshold has recall 0) and so
@@ -20,6 +23,7 @@ Pure logic: the figures come from trainer/evaluate/heldout.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +115,51 @@ def metric_verdict(measure: Measure, margin: float) -> tuple[str, str]:
     return "not worse", figures
 
 
+def _keeps(estimate: Estimate | None, target: float) -> bool:
+    """The figure is not shown to be below the target: its interval reaches it."""
+    return (
+        estimate is not None
+        and not math.isnan(estimate.interval[1])
+        and (estimate.interval[1] >= target)
+    )
+
+
+def alert_verdict(task: str, measures: list[Measure], target: float, margin: float) -> TaskVerdict:
+    """An alert kind is judged on its promise first, then on what it finds.
+
+    Its threshold was chosen for a target precision (what a retention team budgets for), so
+    precision and recall are not two scores to hold up one by one: a version whose alerts
+    fall clearly below the promised precision breaks it whatever their recall, and among
+    versions that keep it, recall decides. So: the candidate keeps the promise and the
+    serving version breaks it -> better (recall not compared); the reverse -> worse; both
+    keep it -> recall's verdict; both break it -> precision's.
+    """
+    by_metric = {m.metric: m for m in measures}
+    precision, recall = by_metric["precision"], by_metric["recall"]
+    ours = _keeps(precision.candidate, target)
+    figures = f"precision {precision.candidate.text()}, recall {recall.candidate.text()}"
+    if precision.serving is None or recall.serving is None:
+        verdict = "new" if ours else "worse"
+        why = "keeps" if ours else "falls below"
+        reason = f"{task}: {verdict}: {figures} {why} the promised precision {target}"
+        return TaskVerdict(task, verdict, reason, measures)
+    theirs = _keeps(precision.serving, target)
+    if ours != theirs:
+        verdict = "better" if ours else "worse"
+        keeper, breaker = ("candidate", "serving") if ours else ("serving", "candidate")
+        reason = (
+            f"{task}: {verdict}: the {keeper}'s alerts keep the promised precision {target}, "
+            f"the {breaker}'s do not ({figures}; serving precision "
+            f"{precision.serving.text()}, recall {recall.serving.text()})"
+        )
+        return TaskVerdict(task, verdict, reason, measures)
+    decider = recall if ours else precision
+    verdict, why = metric_verdict(decider, margin)
+    kept = "both keep" if ours else "neither keeps"
+    reason = f"{task}: {verdict}: {kept} the promised precision {target}; {why}"
+    return TaskVerdict(task, verdict, reason, measures)
+
+
 def task_verdict(task: str, measures: list[Measure], margin: float) -> TaskVerdict:
     """The task's verdict: its worst metric's (worse < new < not worse < better)."""
     rank = {"worse": 0, "new": 1, "not worse": 2, "better": 3}
@@ -130,9 +179,23 @@ def task_verdict(task: str, measures: list[Measure], margin: float) -> TaskVerdi
     return TaskVerdict(task, worst, reason, measures)
 
 
-def decide(tasks: dict[str, list[Measure]], margin: float) -> GateDecision:
-    """Promote when no served task is worse; the reason names each refusing task."""
-    verdicts = {task: task_verdict(task, measures, margin) for task, measures in tasks.items()}
+def decide(
+    tasks: dict[str, list[Measure]], margin: float, promises: Mapping[str, float] | None = None
+) -> GateDecision:
+    """Promote when no served task is worse; the reason names each refusing task.
+
+    `promises`: alert tasks (precision and recall measures) and the precision their
+    thresholds were chosen for, judged by `alert_verdict`.
+    """
+    promised = promises or {}
+    verdicts = {
+        task: (
+            alert_verdict(task, measures, promised[task], margin)
+            if task in promised
+            else task_verdict(task, measures, margin)
+        )
+        for task, measures in tasks.items()
+    }
     worse = [v for v in verdicts.values() if v.verdict == "worse"]
     if not verdicts:
         return GateDecision(False, "no task was measured", verdicts)

@@ -425,7 +425,11 @@ def _run(settings: TrainerSettings, args: TrainArgs) -> RunResult:
     version, scratch = export_candidate(settings, fitted, alert, record)
     step(f"evaluate v{version} against the serving version")
     tasks, unmeasured = evaluate(settings, scratch, labelled, history, args.source.seed)
-    decision = decide(tasks, settings.promotion_margin)
+    decision = decide(
+        tasks,
+        settings.promotion_margin,
+        promises={"churn_alert": settings.churn_alert_precision},
+    )
     if unmeasured is not None:
         decision = GateDecision(False, f"refused: {unmeasured}", decision.tasks)
     metrics = {

@@ -87,3 +87,49 @@ def test_paired_bootstrap_finds_a_clear_difference_and_none_between_equals() -> 
     assert same.interval == (0.0, 0.0)
     rate = boot.estimate(mean_draws(boot, y), float(y.mean()))
     assert rate.interval[0] < y.mean() < rate.interval[1]
+
+
+def _alerts(candidate: tuple[float, float], serving: tuple[float, float]) -> list[Measure]:
+    """churn_alert measures from (precision, recall) pairs, with +-0.05 intervals."""
+
+    def est(value: float) -> Estimate:
+        return auc(value, value - 0.05, value + 0.05)
+
+    return [
+        Measure(metric, est(ours), est(theirs), est(ours - theirs))
+        for metric, ours, theirs in zip(("precision", "recall"), candidate, serving, strict=True)
+    ]
+
+
+def test_alerts_that_keep_the_promised_precision_beat_alerts_that_break_it() -> None:
+    """The reproducible run of 2026-12-06: the candidate's alerts at precision 0.69, recall
+    0.83 against the serving version's 0.36 / 0.99 (nearly everyone flagged), target 0.6."""
+    tasks = {"churn_alert": _alerts((0.69, 0.83), (0.36, 0.99))}
+    assert not decide(tasks, margin=0.005).promote  # each metric alone: recall is worse
+    decision = decide(tasks, margin=0.005, promises={"churn_alert": 0.6})
+    assert decision.promote
+    assert decision.tasks["churn_alert"].verdict == "better"
+    assert "keep the promised precision 0.6" in decision.tasks["churn_alert"].reason
+
+
+def test_alerts_that_break_the_promise_are_refused_whatever_their_recall() -> None:
+    tasks = {"churn_alert": _alerts((0.40, 0.99), (0.70, 0.60))}
+    decision = decide(tasks, margin=0.005, promises={"churn_alert": 0.6})
+    assert not decision.promote
+    assert "churn_alert" in decision.reason and "the candidate's do not" in decision.reason
+
+
+def test_when_both_keep_the_promise_recall_decides() -> None:
+    promise = {"churn_alert": 0.6}
+    lower = decide({"churn_alert": _alerts((0.80, 0.50), (0.65, 0.70))}, 0.005, promise)
+    assert lower.tasks["churn_alert"].verdict == "worse" and "recall" in lower.reason
+    level = decide({"churn_alert": _alerts((0.80, 0.70), (0.65, 0.70))}, 0.005, promise)
+    assert level.tasks["churn_alert"].verdict == "not worse"
+
+
+def test_new_alerts_below_their_promise_are_refused() -> None:
+    measures = [Measure("precision", auc(0.3, 0.25, 0.35)), Measure("recall", auc(0.9, 0.85, 0.95))]
+    decision = decide({"churn_alert": measures}, 0.005, {"churn_alert": 0.6})
+    assert decision.tasks["churn_alert"].verdict == "worse"
+    kept = [Measure("precision", auc(0.62, 0.55, 0.69)), Measure("recall", auc(0.5, 0.4, 0.6))]
+    assert decide({"churn_alert": kept}, 0.005, {"churn_alert": 0.6}).promote
