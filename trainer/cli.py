@@ -70,7 +70,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     chosen.add_argument("--version", type=int, help="default: the served version")
     chosen.add_argument("--all", action="store_true", help="every version in the repository")
     reference.set_defaults(handler=run_reference)
-    from trainer.export.commands import add_migrate_parser  # the serving helper's command
+    from trainer.export.commands import add_migrate_parser
 
     add_migrate_parser(actions)
 
