@@ -20,11 +20,17 @@ branch_labels = None
 depends_on = None
 
 
+# Batch mode: a plain ALTER COLUMN on PostgreSQL; SQLite, which cannot change a column's
+# nullability in place, gets the table copied under the new definition.
+
+
 def upgrade() -> None:
-    op.alter_column("user_scores", "anomaly", existing_type=sa.Float(), nullable=True)
+    with op.batch_alter_table("user_scores") as batch:
+        batch.alter_column("anomaly", existing_type=sa.Float(), nullable=True)
 
 
 def downgrade() -> None:
     # NaN is what the worker wrote before this revision for a score it did not have.
     op.execute("UPDATE user_scores SET anomaly = 'NaN' WHERE anomaly IS NULL")
-    op.alter_column("user_scores", "anomaly", existing_type=sa.Float(), nullable=False)
+    with op.batch_alter_table("user_scores") as batch:
+        batch.alter_column("anomaly", existing_type=sa.Float(), nullable=False)
